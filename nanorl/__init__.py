@@ -1,0 +1,1 @@
+"""nanorl: minimal RL fine-tuning of small language models, from scratch."""
