@@ -1,0 +1,183 @@
+"""Fused batched sampling with a preallocated KV cache: the rollout engine of every RL stage.
+
+Many prompts of different lengths are decoded together. Prompts are LEFT-padded to a common
+length P so that every row's next token sits in the same column; each row counts its rotary
+positions from its own first real token, and the attention mask hides padding. One forward
+call per step serves the whole batch; there is no Python loop over rows.
+
+    prefill:  run the P prompt columns once, filling cache slots [0, P)
+    step t:   sample x_t ~ softmax(filter(logits / T)), write its keys/values at slot P + t
+    stop:     a row is done after its EOS; later columns are padding (mask False, logprob 0)
+
+What RL needs comes back with the tokens: the log-probability of each sampled token under
+the distribution it was actually sampled from (temperature-scaled, then top-k / top-p
+filtered and renormalised), and the response mask (real tokens up to and including EOS).
+Greedy decoding (temperature 0) reports log-probabilities of the untempered softmax.
+
+Shapes are static (the cache is allocated once for P + max_new_tokens slots and every step
+attends over all of them), which is what torch.compile and CUDA graphs want.
+`naive_generate` is the obviously-correct reference: it recomputes the whole sequence every
+step. Tests check the engine against it token for token; the benchmark measures the speed-up.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from nanorl.gpt import GPT, KVCache
+
+
+@dataclass
+class Generation:
+    prompt: torch.Tensor       # (N, P) left-padded prompt tokens, N = len(prompts) * n_samples
+    prompt_mask: torch.Tensor  # (N, P) bool, True on real prompt tokens
+    tokens: torch.Tensor       # (N, max_new_tokens) sampled tokens, pad_id after EOS
+    logprobs: torch.Tensor     # (N, max_new_tokens) float32 log-probabilities, 0 off the mask
+    mask: torch.Tensor         # (N, max_new_tokens) bool, True up to and including EOS
+
+    def responses(self) -> list[list[int]]:
+        """Each row's response tokens, EOS excluded (for decoding to text)."""
+        lengths = self.mask.sum(1).tolist()
+        rows = self.tokens.tolist()
+        return [row[:n] for row, n in zip(rows, lengths)]
+
+
+def filter_logits(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Temperature-scaled logits with everything outside top-k / the top-p nucleus set to -inf."""
+    logits = logits.float() / temperature
+    if top_k and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop_sorted = cumulative - sorted_logits.softmax(-1) >= top_p  # keep the token that crosses top_p
+        logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
+    return logits
+
+
+def sample_next(logits, temperature: float, top_k: int, top_p: float, generator):
+    """Next tokens (N,) and their log-probabilities under the sampling distribution."""
+    if temperature == 0:
+        logprobs = F.log_softmax(logits.float(), dim=-1)
+        tokens = logprobs.argmax(-1)
+    else:
+        logprobs = F.log_softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1)
+        tokens = torch.multinomial(logprobs.exp(), 1, generator=generator).squeeze(-1)
+    return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, P) tokens and (N, P) bool mask, each prompt right-aligned."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token (e.g. BOS)")
+    width = max(len(p) for p in prompts)
+    tokens = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompts], device=device)
+    mask = torch.tensor([[False] * (width - len(p)) + [True] * len(p) for p in prompts], device=device)
+    return tokens, mask
+
+
+def positions_of(mask: torch.Tensor) -> torch.Tensor:
+    """Rotary position of each column: 0 at the row's first real token (padding gets 0 too)."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _cache_dtype(model: GPT) -> torch.dtype:
+    device_type = model.rope_cos.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return model.wte.weight.dtype
+
+
+def _check_lengths(model: GPT, prompt_len: int, max_new_tokens: int):
+    if prompt_len + max_new_tokens > model.config.block_size:
+        raise ValueError(f"prompt length {prompt_len} + max_new_tokens {max_new_tokens} exceeds the "
+                         f"model's block_size {model.config.block_size}; shorten one of them")
+
+
+@torch.no_grad()
+def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, *, eos_id: int, pad_id: int,
+             n_samples: int = 1, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+             generator: torch.Generator | None = None) -> Generation:
+    """Sample `n_samples` responses for each prompt (samples of a prompt are adjacent rows).
+
+    temperature 0 is greedy decoding. `generator` (a seeded torch.Generator on the model's
+    device) makes sampling reproducible.
+    """
+    device = model.rope_cos.device
+    rows = [p for p in prompts for _ in range(n_samples)]
+    prompt, prompt_mask = left_pad(rows, pad_id, device)
+    N, P = prompt.shape
+    _check_lengths(model, P, max_new_tokens)
+    cache = KVCache(model.config, N, P + max_new_tokens, device, _cache_dtype(model))
+    hidden = model.hidden_states(prompt, positions=positions_of(prompt_mask), valid=prompt_mask, cache=cache)
+    logits = model.lm_head(hidden[:, -1])
+    position = positions_of(prompt_mask)[:, -1]
+
+    tokens = torch.full((N, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    logprobs = torch.zeros(N, max_new_tokens, device=device)
+    mask = torch.zeros(N, max_new_tokens, dtype=torch.bool, device=device)
+    done = torch.zeros(N, dtype=torch.bool, device=device)
+    for t in range(max_new_tokens):
+        token, logprob = sample_next(logits, temperature, top_k, top_p, generator)
+        alive = ~done
+        tokens[:, t] = torch.where(alive, token, pad_id)
+        logprobs[:, t] = torch.where(alive, logprob, 0.0)
+        mask[:, t] = alive
+        done = done | (token == eos_id)
+        if bool(done.all()) or t == max_new_tokens - 1:
+            break
+        position = position + 1
+        hidden = model.hidden_states(tokens[:, t:t + 1], positions=position[:, None], valid=alive[:, None],
+                                     cache=cache, start=P + t)
+        logits = model.lm_head(hidden[:, -1])
+    return Generation(prompt, prompt_mask, tokens, logprobs, mask)
+
+
+@torch.no_grad()
+def naive_generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, *, eos_id: int, pad_id: int,
+                   temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                   generator: torch.Generator | None = None) -> Generation:
+    """Reference sampler: no cache, the whole (prompt + response so far) is recomputed every step."""
+    device = model.rope_cos.device
+    prompt, prompt_mask = left_pad(prompts, pad_id, device)
+    N, P = prompt.shape
+    _check_lengths(model, P, max_new_tokens)
+    seq, seq_mask = prompt, prompt_mask
+    done = torch.zeros(N, dtype=torch.bool, device=device)
+    out_tokens, out_logprobs, out_mask = [], [], []
+    for _ in range(max_new_tokens):
+        logits = model(seq, positions=positions_of(seq_mask), valid=seq_mask)[:, -1]
+        token, logprob = sample_next(logits, temperature, top_k, top_p, generator)
+        alive = ~done
+        token = torch.where(alive, token, pad_id)
+        out_tokens.append(token), out_logprobs.append(torch.where(alive, logprob, 0.0)), out_mask.append(alive)
+        done = done | (token == eos_id)
+        if bool(done.all()):
+            break
+        seq, seq_mask = torch.cat([seq, token[:, None]], 1), torch.cat([seq_mask, alive[:, None]], 1)
+    pad = max_new_tokens - len(out_tokens)
+    tokens = F.pad(torch.stack(out_tokens, 1), (0, pad), value=pad_id)
+    logprobs = F.pad(torch.stack(out_logprobs, 1), (0, pad))
+    mask = F.pad(torch.stack(out_mask, 1), (0, pad), value=False)
+    return Generation(prompt, prompt_mask, tokens, logprobs, mask)
+
+
+def sequence_logprobs(model: GPT, gen: Generation, temperature: float = 1.0, top_k: int = 0,
+                      top_p: float = 1.0) -> torch.Tensor:
+    """Log-probabilities (N, max_new) of `gen.tokens` under `model`, from one full forward pass.
+
+    Uses the same temperature and filtering as the sampler, so for the sampling model it
+    reproduces `gen.logprobs` (what PPO's ratio needs). Off-mask entries are 0.
+    """
+    seq = torch.cat([gen.prompt, gen.tokens], 1)
+    seq_mask = torch.cat([gen.prompt_mask, gen.mask], 1)
+    P = gen.prompt.size(1)
+    logits = model(seq, positions=positions_of(seq_mask), valid=seq_mask)[:, P - 1:-1]
+    if temperature == 0:
+        logprobs = F.log_softmax(logits.float(), dim=-1)
+    else:
+        logprobs = F.log_softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1)
+    picked = logprobs.gather(-1, gen.tokens[..., None]).squeeze(-1)
+    return torch.where(gen.mask, picked, 0.0)

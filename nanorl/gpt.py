@@ -1,0 +1,188 @@
+"""A small GPT, written out: the one model class every stage of nanorl trains.
+
+    x_0   = wte[tokens]                                  token embedding (tied with the LM head)
+    x_l+1 = x_l + Attn(RMSNorm(x_l)) ; x_l+1 += MLP(RMSNorm(x_l+1))     pre-norm residual blocks
+    Attn  = softmax(q k^T / sqrt(d_head) + mask) v       with rotary positions (RoPE) on q and k
+    logits = RMSNorm(x_L) wte^T
+
+Rotary positions take an explicit position per token, so a batch of LEFT-PADDED prompts of
+different lengths can be decoded together: each row counts its positions from its own first
+real token, and a boolean mask hides the padding. The KV cache is preallocated for the whole
+generation (static shapes, friendly to torch.compile and CUDA graphs): every decode step
+attends over the full cache length and the mask hides slots that are empty or padding.
+
+`hidden_states` exposes the final normalised hidden states for reward/value heads and probes.
+`flops_per_token` follows the PaLM appendix B estimate (6N + 12 L d T) used for MFU.
+Initialisation follows GPT-2: N(0, 0.02), residual output projections scaled by 1/sqrt(2L).
+"""
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 1024
+    block_size: int = 256   # longest sequence (prompt + response) the model ever sees
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 192
+    rope_base: float = 10000.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class KVCache:
+    """Keys and values of every layer for a batch of rows, preallocated to `max_len` slots.
+
+    `valid[b, j]` says whether slot j of row b holds a real token (not padding, not empty yet).
+    """
+
+    def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device, dtype):
+        head_dim = config.n_embd // config.n_head
+        shape = (config.n_layer, batch_size, config.n_head, max_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)
+        self.max_len = max_len
+
+
+def rotary_tables(config: GPTConfig, device) -> tuple[torch.Tensor, torch.Tensor]:
+    head_dim = config.n_embd // config.n_head
+    inv_freq = 1.0 / config.rope_base ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim)
+    angles = torch.outer(torch.arange(config.block_size, device=device).float(), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x1, x2) of each head by the angle of the token's position. x: (B, H, T, D)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head, self.head_dim = config.n_head, config.n_embd // config.n_head
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+
+    def forward(self, x, cos, sin, mask, cache: KVCache | None, layer: int, start: int):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            cache.k[layer, :, :, start:start + T] = k
+            cache.v[layer, :, :, start:start + T] = v
+            k, v = cache.k[layer], cache.v[layer]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=False)
+        self.proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=False)
+
+    def forward(self, x):
+        return self.proj(F.gelu(self.fc(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.norm1, self.norm2 = nn.RMSNorm(config.n_embd), nn.RMSNorm(config.n_embd)
+        self.attn, self.mlp = CausalSelfAttention(config), MLP(config)
+
+    def forward(self, x, cos, sin, mask, cache, layer, start):
+        x = x + self.attn(self.norm1(x), cos, sin, mask, cache, layer, start)
+        return x + self.mlp(self.norm2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.norm_f = nn.RMSNorm(config.n_embd)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # weight tying
+        cos, sin = rotary_tables(config, self.wte.weight.device)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):  # residual outputs: keep the stream's variance flat in depth
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def _mask(self, valid, cache, start, T):
+        """Boolean attention mask (B, 1, T, S), or None for the plain causal case."""
+        if cache is None and valid is None:
+            return None
+        device = self.rope_cos.device
+        q_pos = start + torch.arange(T, device=device)[:, None]
+        if cache is not None:
+            keys_valid, S = cache.valid, cache.max_len
+        else:
+            keys_valid, S = valid, T
+        k_pos = torch.arange(S, device=device)[None, :]
+        mask = (k_pos <= q_pos)[None] & keys_valid[:, None, :]
+        mask = mask | (k_pos == q_pos)[None]  # a padding query still sees itself: no all-masked row (NaN)
+        return mask[:, None]
+
+    def hidden_states(self, idx, positions=None, valid=None, cache: KVCache | None = None, start: int = 0):
+        """Final normalised hidden states (B, T, n_embd).
+
+        idx: (B, T) tokens. positions: (B, T) rotary positions (default 0..T-1).
+        valid: (B, T) bool, False on padding (default all real).
+        cache: write this chunk's keys/values at slots [start, start + T) and attend over the cache.
+        """
+        B, T = idx.shape
+        if positions is None:
+            positions = torch.arange(T, device=idx.device).expand(B, T)
+        if cache is None and T > self.config.block_size:
+            raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
+        if cache is not None:
+            cache.valid[:, start:start + T] = True if valid is None else valid
+        mask = self._mask(valid, cache, start, T)
+        cos, sin = self.rope_cos[positions][:, None], self.rope_sin[positions][:, None]
+        x = self.wte(idx)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cos, sin, mask, cache, layer, start)
+        return self.norm_f(x)
+
+    def forward(self, idx, targets=None, **kwargs):
+        """Logits (B, T, vocab); with targets also the mean cross-entropy (targets -1 are ignored)."""
+        logits = self.lm_head(self.hidden_states(idx, **kwargs)).float()
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token: 6 per parameter (forward + backward) plus attention scores."""
+        cfg, T = self.config, seq_len or self.config.block_size
+        return 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_embd * T
+
+    def configure_optimizer(self, lr: float, weight_decay: float, betas=(0.9, 0.95), eps: float = 1e-8):
+        """AdamW with weight decay on matrices only (not on norms)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        fused = params[0].is_cuda
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused)
