@@ -35,10 +35,11 @@ class Generation:
     tokens: torch.Tensor       # (N, max_new_tokens) sampled tokens, pad_id after EOS
     logprobs: torch.Tensor     # (N, max_new_tokens) float32 log-probabilities, 0 off the mask
     mask: torch.Tensor         # (N, max_new_tokens) bool, True up to and including EOS
+    ended: torch.Tensor        # (N,) bool, True where the row emitted EOS (False: truncated)
 
     def responses(self) -> list[list[int]]:
         """Each row's response tokens, EOS excluded (for decoding to text)."""
-        lengths = self.mask.sum(1).tolist()
+        lengths = (self.mask.sum(1) - self.ended.long()).tolist()
         rows = self.tokens.tolist()
         return [row[:n] for row, n in zip(rows, lengths)]
 
@@ -91,6 +92,8 @@ def _cache_dtype(model: GPT) -> torch.dtype:
 
 
 def _check_lengths(model: GPT, prompt_len: int, max_new_tokens: int):
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if prompt_len + max_new_tokens > model.config.block_size:
         raise ValueError(f"prompt length {prompt_len} + max_new_tokens {max_new_tokens} exceeds the "
                          f"model's block_size {model.config.block_size}; shorten one of them")
@@ -132,7 +135,7 @@ def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, *, eos_i
         hidden = model.hidden_states(tokens[:, t:t + 1], positions=position[:, None], valid=alive[:, None],
                                      cache=cache, start=P + t)
         logits = model.lm_head(hidden[:, -1])
-    return Generation(prompt, prompt_mask, tokens, logprobs, mask)
+    return Generation(prompt, prompt_mask, tokens, logprobs, mask, done)
 
 
 @torch.no_grad()
@@ -161,7 +164,7 @@ def naive_generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, *,
     tokens = F.pad(torch.stack(out_tokens, 1), (0, pad), value=pad_id)
     logprobs = F.pad(torch.stack(out_logprobs, 1), (0, pad))
     mask = F.pad(torch.stack(out_mask, 1), (0, pad), value=False)
-    return Generation(prompt, prompt_mask, tokens, logprobs, mask)
+    return Generation(prompt, prompt_mask, tokens, logprobs, mask, done)
 
 
 def sequence_logprobs(model: GPT, gen: Generation, temperature: float = 1.0, top_k: int = 0,

@@ -1,0 +1,156 @@
+"""Speed benchmark: sampling with the KV-cache engine vs naive recomputation, and training MFU.
+
+    python -m nanorl.bench [--out bench.json]
+
+Three measurements on a randomly initialised GPT (speed does not depend on the weights):
+  peak     the machine's own matmul peak: best FLOP/s of large square matmuls (2 n^3 FLOPs each)
+           in the benchmark's dtype. Measured rather than taken from a datasheet so that MFU
+           means something on any laptop CPU too.
+  train    tokens/s of forward + backward + AdamW step on random tokens of full block length;
+           MFU = tokens/s * flops_per_token / peak (PaLM appendix B estimate, see gpt.py).
+  sample   new tokens/s of `engine.generate` (one forward per step over a KV cache) against
+           `engine.naive_generate` (the whole sequence recomputed every step), same prompts,
+           same settings; speedup = engine / naive. EOS is -1, a token the model cannot emit,
+           so every row runs to full length and both samplers do the same number of steps.
+Each is timed after a warm-up (first calls pay for allocation and kernel selection).
+"""
+
+import argparse
+import json
+
+import torch
+
+from nanorl.engine import generate, naive_generate
+from nanorl.gpt import GPT, GPTConfig
+from nanorl.runtime import autocast as autocast_context, measure_peak_flops, pick_device, pick_dtype, timed
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--vocab-size", type=int, default=1024, help="model vocabulary (default: the tiny preset)")
+    p.add_argument("--block-size", type=int, default=256, help="model context length; also the training length")
+    p.add_argument("--n-layer", type=int, default=4, help="transformer blocks")
+    p.add_argument("--n-head", type=int, default=4, help="attention heads")
+    p.add_argument("--n-embd", type=int, default=128, help="model width")
+    p.add_argument("--batch", type=int, default=64, help="prompts sampled together")
+    p.add_argument("--prompt-len", type=int, default=32, help="tokens per prompt")
+    p.add_argument("--new-tokens", type=int, default=128, help="tokens sampled per prompt")
+    p.add_argument("--train-batch", type=int, default=16, help="sequences of block_size per training step")
+    p.add_argument("--train-steps", type=int, default=5, help="timed training steps (after 2 warm-up steps)")
+    p.add_argument("--matmul-size", type=int, default=0, help="n of the n x n peak matmuls (0: 1024 on CPU, 8192 on GPU)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="auto: cuda > mps > cpu")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="auto: bf16 autocast on CUDA, fp32 elsewhere")
+    p.add_argument("--seed", type=int, default=0, help="seeds the weights, the random tokens and the sampler")
+    p.add_argument("--out", default="bench.json", help="where to write the results as JSON")
+    return p.parse_args(argv)
+
+
+def measure_train(model: GPT, args, device: str, autocast) -> float:
+    """Tokens/s of full training steps on random tokens."""
+    model.train()
+    optimizer = model.configure_optimizer(lr=1e-4, weight_decay=0.1)
+    T = model.config.block_size
+    x = torch.randint(model.config.vocab_size, (args.train_batch, T), device=device)
+    y = torch.randint(model.config.vocab_size, (args.train_batch, T), device=device)
+
+    def step():
+        with autocast:
+            _, loss = model(x, y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def steps(n):
+        for _ in range(n):
+            step()
+
+    steps(2)
+    seconds = timed(lambda: steps(args.train_steps), device)
+    model.eval()
+    return args.train_steps * args.train_batch * T / seconds
+
+
+def measure_sampling(model: GPT, args, device: str, autocast) -> tuple[float, float]:
+    """New tokens/s of the KV-cache engine and of the naive sampler, each timed once."""
+    g = torch.Generator(device=device).manual_seed(args.seed)
+    prompts = torch.randint(model.config.vocab_size, (args.batch, args.prompt_len), generator=g, device=device).tolist()
+    settings = dict(eos_id=-1, pad_id=0, temperature=1.0)
+
+    def run(sampler, new_tokens):
+        generator = torch.Generator(device=device).manual_seed(args.seed)
+        with autocast:
+            return timed(lambda: sampler(model, prompts, new_tokens, generator=generator, **settings), device)
+
+    rates = []
+    for name, sampler in [("engine", generate), ("naive", naive_generate)]:
+        run(sampler, 4)  # warm-up: a few steps are enough to allocate and pick kernels
+        print(f"sampling with {name} ...", flush=True)
+        rates.append(args.batch * args.new_tokens / run(sampler, args.new_tokens))
+    return rates[0], rates[1]
+
+
+def print_table(rows: list[tuple[str, str]]):
+    width = max(len(name) for name, _ in rows)
+    for name, value in [("metric", "value")] + rows:
+        print(f"| {name:<{width}} | {value:>14} |")
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.prompt_len + args.new_tokens > args.block_size:
+        raise SystemExit(f"--prompt-len {args.prompt_len} + --new-tokens {args.new_tokens} exceeds "
+                         f"--block-size {args.block_size}; shorten one of them")
+    device = pick_device(args.device)
+    dtype, reason = pick_dtype(device, args.dtype)
+    dtype_name = "bf16" if dtype == torch.bfloat16 else "fp32"
+    autocast = autocast_context(device, dtype)  # weights and optimizer state stay fp32, as in training
+    print(f"device {device} | dtype {dtype_name} ({reason}) | torch {torch.__version__} | "
+          f"threads {torch.get_num_threads()}")
+
+    torch.manual_seed(args.seed)
+    config = GPTConfig(vocab_size=args.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
+                       n_head=args.n_head, n_embd=args.n_embd)
+    model = GPT(config).to(device).eval()
+
+    print("peak: timing square matmuls ...", flush=True)
+    peak = measure_peak_flops(device, dtype, args.matmul_size or None)
+    print(f"training: {args.train_steps} steps of {args.train_batch}x{config.block_size} ...", flush=True)
+    train_rate = measure_train(model, args, device, autocast)
+    sample_rate, naive_rate = measure_sampling(model, args, device, autocast)
+
+    flops_per_token = model.flops_per_token(config.block_size)
+    results = {
+        "sample_tokens_per_s": sample_rate,
+        "naive_tokens_per_s": naive_rate,
+        "speedup": sample_rate / naive_rate,
+        "train_tokens_per_s": train_rate,
+        "mfu": train_rate * flops_per_token / peak,
+        "peak_flops": peak,
+        "flops_per_token": flops_per_token,
+        "num_params": model.num_params(),
+        "device": device,
+        "device_name": torch.cuda.get_device_name() if device == "cuda" else device,
+        "dtype": dtype_name,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "model": config.to_dict(),
+        "settings": vars(args),
+    }
+    print_table([
+        ("params", f"{results['num_params'] / 1e6:.2f}M"),
+        ("peak matmul", f"{peak / 1e9:.1f} GFLOP/s"),
+        ("train tok/s", f"{train_rate:,.0f}"),
+        ("train MFU", f"{100 * results['mfu']:.1f}%"),
+        (f"engine tok/s ({args.batch}x{args.new_tokens})", f"{sample_rate:,.0f}"),
+        ("naive tok/s", f"{naive_rate:,.0f}"),
+        ("engine speedup", f"{results['speedup']:.1f}x"),
+    ])
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"wrote {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

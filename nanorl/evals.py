@@ -1,0 +1,99 @@
+"""Evaluation on held-out math problems: pass@k, maj@k, accuracy by difficulty and by format,
+and the share of each solution format among samples (the Echo Chamber's signature metric).
+
+    pass@k (unbiased, Chen et al. 2021):  1 - C(n - c, k) / C(n, k)   for n samples, c correct
+    maj@k:   the most common extracted answer among k samples equals the gold answer
+    format share:  fraction of samples whose format (verifier.extract_answer) is f
+    accuracy by format:  among samples written in format f, the fraction that is correct
+
+Greedy decoding is deterministic and collapses onto one format per question (the first token
+after the question decides it), so format shares are reported both greedy and sampled.
+"""
+
+import math
+from collections import Counter, defaultdict
+
+import torch
+
+from nanorl import verifier
+from nanorl.engine import generate
+from nanorl.tasks import Problem, prompt_text
+
+
+def encode_prompts(tokenizer, questions: list[str]) -> list[list[int]]:
+    """[BOS] + question + blank line: exactly how every pretraining document begins."""
+    return [[tokenizer.bos_id] + ids for ids in tokenizer.encode_batch([prompt_text(q) for q in questions])]
+
+
+def sample_completions(model, tokenizer, questions: list[str], *, n_samples: int = 1, temperature: float = 0.0,
+                       max_new_tokens: int = 128, batch_size: int = 64, generator=None) -> list[list[str]]:
+    """n_samples decoded completions per question, generated in batches of prompts."""
+    prompts, out = encode_prompts(tokenizer, questions), []
+    for i in range(0, len(prompts), batch_size):
+        gen = generate(model, prompts[i:i + batch_size], max_new_tokens, eos_id=tokenizer.eos_id,
+                       pad_id=tokenizer.pad_id, n_samples=n_samples, temperature=temperature, generator=generator)
+        texts = tokenizer.decode_batch(gen.responses())
+        out.extend(texts[j:j + n_samples] for j in range(0, len(texts), n_samples))
+    return out
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def majority_correct(answers: list[int | None], gold: int) -> bool:
+    votes = Counter(a for a in answers if a is not None)
+    return bool(votes) and votes.most_common(1)[0][0] == gold
+
+
+def score(problems: list[Problem], completions: list[list[str]], k: int | None = None) -> dict:
+    """Metrics over problems with one or more completions each (k defaults to all samples)."""
+    k = k or len(completions[0])
+    correct_by_diff, formats, correct_by_format = defaultdict(list), Counter(), Counter()
+    pass1, passk, majk = [], [], []
+    for problem, texts in zip(problems, completions):
+        extracted = [verifier.extract_answer(t) for t in texts]
+        hits = [ans == problem.answer for _, ans in extracted]
+        pass1.append(sum(hits) / len(hits))
+        passk.append(pass_at_k(len(hits), sum(hits), k))
+        majk.append(majority_correct([ans for _, ans in extracted[:k]], problem.answer))
+        correct_by_diff[problem.difficulty].append(pass1[-1])
+        for (fmt, _), hit in zip(extracted, hits):
+            formats[fmt] += 1
+            correct_by_format[fmt] += hit
+    total = sum(formats.values())
+    return {
+        "pass@1": _mean(pass1), "pass@k": _mean(passk), "maj@k": _mean(majk), "k": k,
+        "pass@1_by_difficulty": {str(d): _mean(v) for d, v in sorted(correct_by_diff.items())},
+        "pass@1_by_format": {f: correct_by_format[f] / n for f, n in sorted(formats.items())},
+        "format_share": {f: formats[f] / total for f in (*verifier.FORMATS, verifier.NO_FORMAT)},
+        "n_eval": len(problems),
+    }
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else 0.0
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, problems: list[Problem], *, n_samples: int = 8, temperature: float = 0.7,
+             max_new_tokens: int = 128, batch_size: int = 64, seed: int = 0) -> dict:
+    """Greedy pass@1 (plus by difficulty / format) and sampled pass@k, maj@k and format shares."""
+    questions = [p.question for p in problems]
+    greedy = score(problems, sample_completions(model, tokenizer, questions, max_new_tokens=max_new_tokens,
+                                                batch_size=batch_size))
+    device = model.rope_cos.device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    sampled = score(problems, sample_completions(model, tokenizer, questions, n_samples=n_samples,
+                                                 temperature=temperature, max_new_tokens=max_new_tokens,
+                                                 batch_size=max(1, batch_size // n_samples), generator=generator))
+    result = {key: greedy[key] for key in ("pass@1", "pass@1_by_difficulty", "pass@1_by_format",
+                                           "format_share", "n_eval")}
+    result.update({"pass@k": sampled["pass@k"], "maj@k": sampled["maj@k"], "k": n_samples,
+                   "temperature": temperature, "sampled_pass@1": sampled["pass@1"],
+                   "sampled_format_share": sampled["format_share"],
+                   "sampled_pass@1_by_format": sampled["pass@1_by_format"]})
+    return result

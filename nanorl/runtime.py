@@ -1,0 +1,275 @@
+"""The plumbing every script shares: device and dtype, seeding, torchrun/DDP, checkpoints,
+run directories, logs and plots.
+
+- Device: auto picks cuda > mps > cpu. Dtype: bf16 autocast on CUDA; fp32 on CPU, because
+  on CPUs without native bf16 matmuls autocast is many times slower (measure with
+  `python -m nanorl.bench --dtype bf16`), and fp16 on CPU is slower still.
+- Distributed: the same script runs under `python` and `torchrun --nproc_per_node=N`;
+  torchrun's RANK / WORLD_SIZE / LOCAL_RANK select DDP, with gloo on CPU and nccl on CUDA.
+- Checkpoints are written to a temporary file and renamed into place (atomic on POSIX), so a
+  crash or Ctrl-C mid-write never leaves a corrupt checkpoint. They carry optimizer and RNG
+  states so `--resume` continues exactly.
+"""
+
+import contextlib
+import json
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+class RunError(RuntimeError):
+    """A problem with the user's inputs: printed as one clear line, no traceback needed."""
+
+
+# ----------------------------------------------------------------------------- device
+
+def pick_device(name: str = "auto") -> str:
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def pick_dtype(device: str, name: str = "auto") -> tuple[torch.dtype, str]:
+    """The compute dtype and the reason for it (printed at start)."""
+    table = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if name != "auto":
+        if name not in table:
+            raise RunError(f"--dtype must be one of auto, {', '.join(table)}; got {name!r}")
+        return table[name], "set by --dtype"
+    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+        return torch.bfloat16, "CUDA with bf16 support: bf16 autocast"
+    return torch.float32, "fp32 on CPU/MPS: bf16 autocast is slower without native bf16 matmuls"
+
+
+def autocast(device: str, dtype: torch.dtype):
+    """Autocast context for reduced precision; a no-op for fp32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.split(":")[0], dtype=dtype)
+
+
+def seed_everything(seed: int):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------- distributed
+
+@dataclass
+class Dist:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str) -> tuple[Dist, str]:
+    """Join the torchrun process group if there is one; returns (Dist, this rank's device)."""
+    if "RANK" not in os.environ:
+        return Dist(), device
+    info = Dist(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"]))
+    if device.startswith("cuda"):
+        device = f"cuda:{info.local_rank}"
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    return info, device
+
+
+def barrier(info: Dist):
+    if info.enabled:
+        dist.barrier()
+
+
+def all_reduce_mean(value: torch.Tensor, info: Dist) -> torch.Tensor:
+    """Mean over ranks (SUM then divide: gloo has no AVG)."""
+    if info.enabled:
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        value /= info.world_size
+    return value
+
+
+def shutdown_distributed(info: Dist):
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def print0(*args, info: Dist | None = None, **kwargs):
+    if info is None or info.is_main:
+        print(*args, **kwargs, flush=True)
+
+
+# ----------------------------------------------------------------------------- run directories
+
+def require_run_dir(path: str, files=("model.pt", "config.json", "tokenizer.json"), made_by="train_pretrain.py"):
+    """Fail early, naming what is missing and which script makes it."""
+    if not os.path.isdir(path):
+        raise RunError(f"run directory {path!r} does not exist; create it with `python {made_by} --out {path}`")
+    missing = [f for f in files if not os.path.exists(os.path.join(path, f))]
+    if missing:
+        raise RunError(f"run directory {path!r} lacks {', '.join(missing)}; was `{made_by}` run to completion there?")
+
+
+def write_json(path: str, obj):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def read_json(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
+class MetricsLog:
+    """Appends one JSON object per line to metrics.jsonl (main rank only)."""
+
+    def __init__(self, path: str, enabled: bool = True, truncate: bool = True):
+        self.path, self.enabled = path, enabled
+        if enabled and truncate:
+            open(path, "w").close()
+
+    def write(self, record: dict):
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def format_line(record: dict) -> str:
+    """A fixed-field log line: `step 120 | loss 1.2345 | lr 3.0e-04 | ...`."""
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.4f}" if 1e-3 <= abs(v) < 1e5 or v == 0 else f"{v:.2e}"
+        return str(v)
+    return " | ".join(f"{k} {fmt(v)}" for k, v in record.items())
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict):
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str, state: dict):
+    tmp = f"{path}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str, device: str = "cpu") -> dict:
+    if not os.path.exists(path):
+        raise RunError(f"checkpoint {path!r} not found")
+    return torch.load(path, map_location=device, weights_only=False)
+
+
+# ----------------------------------------------------------------------------- plots
+
+def plot_lines(path: str, series: dict[str, tuple[list, list]], title: str, xlabel: str, ylabel: str,
+               logy: bool = False):
+    """One PNG with a line per named (x, y) series."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, (xs, ys) in series.items():
+        ax.plot(xs, ys, label=name, marker="o" if len(xs) < 30 else None, markersize=3)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    if logy:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_bars(path: str, groups: dict[str, dict[str, float]], title: str, ylabel: str):
+    """Grouped bars: groups = {group label: {bar label: value}}."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    labels = sorted({k for g in groups.values() for k in g})
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    width = 0.8 / max(len(groups), 1)
+    for i, (name, values) in enumerate(groups.items()):
+        xs = [j + i * width for j in range(len(labels))]
+        ax.bar(xs, [values.get(k, 0.0) for k in labels], width, label=name)
+    ax.set_xticks([j + width * (len(groups) - 1) / 2 for j in range(len(labels))], labels)
+    ax.set(title=title, ylabel=ylabel)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def sync(device: str):
+    """Wait for queued kernels, so wall-clock time covers the work and not just its launch."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    elif device == "mps":
+        torch.mps.synchronize()
+
+
+def timed(fn, device: str) -> float:
+    """Seconds that fn() takes on `device`."""
+    import time
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def measure_peak_flops(device: str, dtype: torch.dtype, n: int | None = None, reps: int = 10) -> float:
+    """Best FLOP/s of n x n matmuls (2 n^3 FLOPs each): the denominator of MFU on this machine."""
+    n = n or (8192 if device.startswith("cuda") else 1024)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):  # warm-up: allocation and kernel selection
+        a @ b
+    return 2 * n ** 3 / min(timed(lambda: a @ b, device) for _ in range(reps))
+
+
+def load_run(run_dir: str, device: str = "cpu"):
+    """(model, tokenizer, config dict) of a finished run directory, with consistency checks."""
+    from nanorl.gpt import GPT, GPTConfig
+    from nanorl.tokenizer import Tokenizer
+    require_run_dir(run_dir)
+    config = read_json(os.path.join(run_dir, "config.json"))
+    tokenizer = Tokenizer.load(os.path.join(run_dir, "tokenizer.json"))
+    model = GPT(GPTConfig(**config["model"]))
+    if model.config.vocab_size != tokenizer.vocab_size:
+        raise RunError(f"{run_dir}: tokenizer has {tokenizer.vocab_size} tokens but the model expects "
+                       f"{model.config.vocab_size}; tokenizer.json and model.pt come from different runs")
+    model.load_state_dict(torch.load(os.path.join(run_dir, "model.pt"), map_location="cpu", weights_only=True))
+    return model.to(device).eval(), tokenizer, config

@@ -1,0 +1,30 @@
+"""Shared fixtures: one tiny pretraining run reused by every test that needs a run directory."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+# Tests use tiny tensors: one thread avoids hand-off costs that dominate when the 2 cores are shared.
+torch.set_num_threads(1)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_script(*args, check=True, timeout=300, env=None):
+    """Run a top-level script (or `-m module`) from the repo root; returns the CompletedProcess."""
+    cmd = [sys.executable, *args]
+    full_env = {**os.environ, "PYTHONPATH": ROOT, **(env or {})}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def pretrained_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pretrain")
+    run_script("train_pretrain.py", "--preset", "test", "--out", str(out))
+    return out

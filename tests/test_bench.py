@@ -1,0 +1,32 @@
+"""Smoke test for nanorl/bench.py: a tiny run writes every result, positive and finite (no speed thresholds)."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from nanorl import bench
+
+
+TINY = ["--vocab-size", "64", "--block-size", "32", "--n-layer", "1", "--n-head", "2", "--n-embd", "16",
+        "--batch", "4", "--prompt-len", "8", "--new-tokens", "8", "--train-batch", "2", "--train-steps", "1",
+        "--matmul-size", "64", "--device", "cpu", "--seed", "3"]
+
+
+def test_bench_writes_results(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    returned = bench.main(TINY + ["--out", str(out)])
+    results = json.loads(out.read_text())
+    assert results == returned
+    for key in ["sample_tokens_per_s", "naive_tokens_per_s", "speedup", "train_tokens_per_s", "mfu", "peak_flops"]:
+        assert math.isfinite(results[key]) and results[key] > 0, key
+    assert results["speedup"] == pytest.approx(results["sample_tokens_per_s"] / results["naive_tokens_per_s"])
+    assert results["device"] == "cpu" and results["dtype"] == "fp32"
+    assert results["settings"]["new_tokens"] == 8 and results["model"]["n_embd"] == 16
+    assert "| engine speedup" in capsys.readouterr().out
+
+
+def test_bench_rejects_too_long_sampling(tmp_path):
+    with pytest.raises(SystemExit, match="block-size"):
+        bench.main(TINY + ["--new-tokens", "30", "--out", str(tmp_path / "bench.json")])
