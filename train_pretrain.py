@@ -41,8 +41,8 @@ PRESETS = {
                   n_eval=800, eval_samples=8, eval_every=500),
     # the paper's 150M shape (d=768, 12 layers, 12 heads); for one GPU
     "gpu-150m": dict(n_layer=12, n_head=12, n_embd=768, block_size=512, vocab_size=8192, batch_size=64,
-                     max_steps=20000, lr=6e-4, warmup_steps=1000, docs_per_source=400000, max_new_tokens=128, n_eval=2000, eval_samples=16,
-                     eval_every=1000),
+                     max_steps=20000, lr=6e-4, warmup_steps=1000, docs_per_source=400000, max_new_tokens=128,
+                     n_eval=2000, eval_samples=16, eval_every=1000),
     # seconds; for the smoke tests
     "test": dict(n_layer=2, n_head=2, n_embd=32, block_size=256, vocab_size=300, batch_size=4, max_new_tokens=32,
                  max_steps=6, lr=1e-3, warmup_steps=2, docs_per_source=60, n_eval=8, eval_samples=4,
@@ -76,7 +76,7 @@ def parse_args(argv=None):
     p.add_argument("--eval-samples", type=int, help="samples per problem for pass@k / sampled shares")
     p.add_argument("--eval-temperature", type=float, default=0.7, help="temperature of the sampled evaluation")
     p.add_argument("--max-new-tokens", type=int, default=None, help="longest generated solution")
-    p.add_argument("--log-every", type=int, default=10, help="steps between printed log lines (all go to metrics.jsonl)")
+    p.add_argument("--log-every", type=int, default=1, help="steps between printed log lines (all go to metrics.jsonl)")
     p.add_argument("--ckpt-every", type=int, default=500, help="steps between checkpoints")
     p.add_argument("--seed", type=int, default=1337, help="seed for data, init and sampling")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
@@ -231,9 +231,16 @@ def write_plots(args, metrics: list[dict], result: dict):
                        "Pretraining loss", "step", "cross-entropy (nats/token)", logy=True)
     runtime.plot_lines(os.path.join(args.out, "val_loss_by_source.png"), val,
                        "Validation loss per source", "step", "cross-entropy (nats/token)", logy=True)
-    runtime.plot_bars(os.path.join(args.out, "eval.png"),
+    n = result["n_eval"]
+    runtime.plot_bars(os.path.join(args.out, "format_share.png"),
                       {"greedy": result["format_share"], "sampled": result["sampled_format_share"]},
-                      f"Format share on {result['n_eval']} held-out problems", "share of answers")
+                      f"Solution format chosen on {n} held-out problems", "share of answers")
+    runtime.plot_bars(os.path.join(args.out, "pass_at_1.png"),
+                      {"greedy": result["pass@1_by_format"], "sampled": result["sampled_pass@1_by_format"]},
+                      f"Accuracy by solution format ({n} held-out problems)", "fraction correct")
+    runtime.plot_bars(os.path.join(args.out, "pass_at_1_by_difficulty.png"),
+                      {"greedy pass@1": result["pass@1_by_difficulty"]},
+                      "Greedy pass@1 by difficulty (arithmetic steps)", "pass@1")
 
 
 def main(argv=None):
