@@ -139,12 +139,7 @@ def val_losses(model, tokens, args, device, dtype) -> dict[str, float]:
 
 def save_state(args, model, optimizer, step, data_gen, info, config):
     """ckpt.pt (everything --resume needs, incl. every rank's RNG) and model.pt (weights only)."""
-    per_rank = {"data_gen": data_gen.get_state(), "rng": runtime.rng_state()}
-    states = [None] * info.world_size
-    if info.enabled:
-        torch.distributed.all_gather_object(states, per_rank)
-    else:
-        states = [per_rank]
+    states = runtime.gather_objects({"data_gen": data_gen.get_state(), "rng": runtime.rng_state()}, info)
     if info.is_main:
         runtime.save_checkpoint(os.path.join(args.out, "ckpt.pt"), {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,

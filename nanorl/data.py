@@ -146,11 +146,12 @@ def _row_document(row, name: str, where: str) -> str | None:
     return "\n\n".join(parts)
 
 
-def read_jsonl_documents(path: str, name: str) -> list[str]:
-    """All documents of a local JSONL file of source `name` (see the table above)."""
-    if not os.path.isfile(path):
-        raise DataError(f"data file not found: {path} (source {name!r})")
-    docs = []
+def iter_jsonl(path: str):
+    """Yield (where, row) for each non-blank line of a JSONL file; where = "path, line N".
+
+    A line that is not UTF-8 or not JSON raises DataError naming the file and line; checking
+    the row's fields is the caller's job (name `where` in its message).
+    """
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             where = f"{path}, line {lineno}"
@@ -164,9 +165,18 @@ def read_jsonl_documents(path: str, name: str) -> list[str]:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-            doc = _row_document(row, name, where)
-            if doc is not None:
-                docs.append(doc)
+            yield where, row
+
+
+def read_jsonl_documents(path: str, name: str) -> list[str]:
+    """All documents of a local JSONL file of source `name` (see the table above)."""
+    if not os.path.isfile(path):
+        raise DataError(f"data file not found: {path} (source {name!r})")
+    docs = []
+    for where, row in iter_jsonl(path):
+        doc = _row_document(row, name, where)
+        if doc is not None:
+            docs.append(doc)
     return docs
 
 

@@ -20,7 +20,7 @@ attends over all of them), which is what torch.compile and CUDA graphs want.
 step. Tests check the engine against it token for token; the benchmark measures the speed-up.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,10 @@ class Generation:
     logprobs: torch.Tensor     # (N, max_new_tokens) float32 log-probabilities, 0 off the mask
     mask: torch.Tensor         # (N, max_new_tokens) bool, True up to and including EOS
     ended: torch.Tensor        # (N,) bool, True where the row emitted EOS (False: truncated)
+
+    def __getitem__(self, rows) -> "Generation":
+        """The Generation of a subset of rows (an index tensor, list or slice)."""
+        return Generation(*(getattr(self, f.name)[rows] for f in fields(self)))
 
     def responses(self) -> list[list[int]]:
         """Each row's response tokens, EOS excluded (for decoding to text)."""
@@ -108,6 +112,8 @@ def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, *, eos_i
     temperature 0 is greedy decoding. `generator` (a seeded torch.Generator on the model's
     device) makes sampling reproducible.
     """
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     device = model.rope_cos.device
     rows = [p for p in prompts for _ in range(n_samples)]
     prompt, prompt_mask = left_pad(rows, pad_id, device)
@@ -167,20 +173,41 @@ def naive_generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, *,
     return Generation(prompt, prompt_mask, tokens, logprobs, mask, done)
 
 
+def pack(prompts: list[list[int]], responses: list[list[int]], *, eos_id: int, pad_id: int, device="cpu") -> Generation:
+    """A Generation from token lists (SFT targets, preference pairs, kept samples).
+
+    Responses are taken as they are: one that ends in EOS counts as ended, one that does not
+    as truncated (append EOS yourself where the text is complete).
+    """
+    if not responses or any(len(r) == 0 for r in responses):
+        raise ValueError("pack needs at least one response, each with at least one token")
+    prompt, prompt_mask = left_pad(prompts, pad_id, device)
+    width = max(len(r) for r in responses)
+    tokens = torch.tensor([list(r) + [pad_id] * (width - len(r)) for r in responses], device=device)
+    mask = torch.tensor([[True] * len(r) + [False] * (width - len(r)) for r in responses], device=device)
+    ended = torch.tensor([r[-1] == eos_id for r in responses], device=device)
+    return Generation(prompt, prompt_mask, tokens, torch.zeros(tokens.shape, device=device), mask, ended)
+
+
 def sequence_logprobs(model: GPT, gen: Generation, temperature: float = 1.0, top_k: int = 0,
-                      top_p: float = 1.0) -> torch.Tensor:
+                      top_p: float = 1.0, with_entropy: bool = False):
     """Log-probabilities (N, max_new) of `gen.tokens` under `model`, from one full forward pass.
 
     Uses the same temperature and filtering as the sampler, so for the sampling model it
-    reproduces `gen.logprobs` (what PPO's ratio needs). Off-mask entries are 0.
+    reproduces `gen.logprobs` (what PPO's ratio needs). Off-mask entries are 0. Differentiable.
+    with_entropy=True also returns the per-token entropy of that distribution (0 off the mask).
     """
     seq = torch.cat([gen.prompt, gen.tokens], 1)
     seq_mask = torch.cat([gen.prompt_mask, gen.mask], 1)
     P = gen.prompt.size(1)
-    logits = model(seq, positions=positions_of(seq_mask), valid=seq_mask)[:, P - 1:-1]
+    # logits only where they predict response tokens; through forward() so DDP's hooks run
+    logits = model(seq, positions=positions_of(seq_mask), valid=seq_mask, logits_from=P - 1)[:, :-1]
     if temperature == 0:
         logprobs = F.log_softmax(logits.float(), dim=-1)
     else:
         logprobs = F.log_softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1)
-    picked = logprobs.gather(-1, gen.tokens[..., None]).squeeze(-1)
-    return torch.where(gen.mask, picked, 0.0)
+    picked = torch.where(gen.mask, logprobs.gather(-1, gen.tokens[..., None]).squeeze(-1), 0.0)
+    if not with_entropy:
+        return picked
+    entropy = -(logprobs.exp() * logprobs.nan_to_num(neginf=0.0)).sum(-1)
+    return picked, torch.where(gen.mask, entropy, 0.0)

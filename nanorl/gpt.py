@@ -163,9 +163,10 @@ class GPT(nn.Module):
             x = block(x, cos, sin, mask, cache, layer, start)
         return self.norm_f(x)
 
-    def forward(self, idx, targets=None, **kwargs):
-        """Logits (B, T, vocab); with targets also the mean cross-entropy (targets -1 are ignored)."""
-        logits = self.lm_head(self.hidden_states(idx, **kwargs)).float()
+    def forward(self, idx, targets=None, logits_from: int = 0, **kwargs):
+        """Logits (B, T - logits_from, vocab) of positions logits_from..T-1; with targets also the
+        mean cross-entropy (targets -1 are ignored). kwargs go to hidden_states."""
+        logits = self.lm_head(self.hidden_states(idx, **kwargs)[:, logits_from:]).float()
         if targets is None:
             return logits
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)

@@ -97,13 +97,25 @@ def barrier(info: Dist):
         dist.barrier()
 
 
-def all_reduce_mean(value: torch.Tensor, info: Dist) -> torch.Tensor:
-    """Mean over ranks (SUM then divide: gloo has no AVG)."""
+def all_reduce_sum(value: torch.Tensor, info: Dist) -> torch.Tensor:
     if info.enabled:
         value = value.clone()
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
-        value /= info.world_size
     return value
+
+
+def all_reduce_mean(value: torch.Tensor, info: Dist) -> torch.Tensor:
+    """Mean over ranks (SUM then divide: gloo has no AVG)."""
+    return all_reduce_sum(value, info) / info.world_size
+
+
+def gather_objects(obj, info: Dist) -> list:
+    """[obj of rank 0, obj of rank 1, ...] on every rank (e.g. each rank's RNG state for a checkpoint)."""
+    if not info.enabled:
+        return [obj]
+    out = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def shutdown_distributed(info: Dist):
@@ -273,3 +285,17 @@ def load_run(run_dir: str, device: str = "cpu"):
                        f"{model.config.vocab_size}; tokenizer.json and model.pt come from different runs")
     model.load_state_dict(torch.load(os.path.join(run_dir, "model.pt"), map_location="cpu", weights_only=True))
     return model.to(device).eval(), tokenizer, config
+
+
+def plot_stacked(path: str, xs: list, shares: dict[str, list], title: str, xlabel: str, ylabel: str):
+    """A stacked area plot of shares that add up to one at each x (e.g. solution formats)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.stackplot(xs, *shares.values(), labels=list(shares), alpha=0.85)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel, ylim=(0, 1), xlim=(min(xs), max(xs)) if len(xs) > 1 else None)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -26,6 +26,7 @@ falls in the test bucket, so no test question is ever seen in pretraining, whate
 """
 
 import hashlib
+import os
 import random
 from dataclasses import dataclass
 
@@ -207,3 +208,29 @@ def synthetic_documents(source: str, n: int, seed: int) -> list[str]:
         return [" ".join(_finemath_paragraph(rng) for _ in range(rng.randint(1, 3))) for _ in range(n)]
     problems = problem_set("train", n, seed=rng.randrange(2**31))
     return [prompt_text(p.question) + render(p, source) for p in problems]
+
+
+@dataclass(frozen=True)
+class Question:
+    """A problem read from a file: only its text and gold answer are known."""
+    question: str
+    answer: int
+    difficulty: int = 0
+
+
+def read_gsm8k(path: str) -> list[Question]:
+    """GSM8K-format JSONL (`question`, `answer` ending in `#### N`) as RL / evaluation prompts."""
+    # imported here: data.py imports this module
+    from nanorl.data import DataError, iter_jsonl
+    from nanorl.verifier import parse_gsm8k_answer
+    if not os.path.isfile(path):
+        raise DataError(f"prompt file not found: {path}")
+    questions = []
+    for where, row in iter_jsonl(path):
+        if not isinstance(row, dict) or not isinstance(row.get("question"), str) or "answer" not in row:
+            raise DataError(f"{where}: expected an object with string 'question' and 'answer' (GSM8K format)")
+        gold = parse_gsm8k_answer(str(row["answer"]))
+        if gold is None:
+            raise DataError(f"{where}: 'answer' has no integer '#### N' gold answer")
+        questions.append(Question(row["question"], gold))
+    return questions

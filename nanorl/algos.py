@@ -1,0 +1,204 @@
+"""One update step per algorithm, each reading top to bottom: PPO, GRPO, Expert Iteration,
+DPO / online DPO and SFT. The maths lives in rl.py; rollouts come from the engine.
+
+    rollout      sample n responses per prompt with engine.generate, decode, verify, score
+    ppo_step     k1 KL folded into per-token rewards, score at EOS, GAE, whitening, then
+                 epochs x minibatches of clipped policy + clipped value losses
+    grpo_step    group-normalised advantages, clipped token objective + k3 KL in the loss,
+                 "dapo" aggregation (token sum / tokens in the minibatch: micro-batch invariant)
+    ei_round     sample k, keep verified-correct, drop duplicates, SFT on response tokens
+    dpo_step     sigmoid / IPO loss on (chosen, rejected) rows against the frozen reference
+    sft_step     cross-entropy on chosen responses only
+
+Memory plan (the "four models" of RLHF): policy (trained), reference (frozen copy of the
+initial policy), value model (PPO only; a GPT + scalar head, trained) and reward model (only
+with --reward rm; frozen). With the verifier reward there is no reward model.
+
+Logprobs for the ratio are always recomputed at the sampling temperature (engine.sequence_logprobs),
+so that before the first update they equal the sampler's logprobs exactly and the ratio is 1.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from nanorl import rl, verifier
+from nanorl.engine import Generation, generate, sequence_logprobs
+from nanorl.evals import encode_prompts
+
+
+@dataclass
+class Rollout:
+    gen: Generation
+    texts: list[str]
+    formats: list[str]
+    correct: torch.Tensor   # (N,) float 1/0 by the verifier
+    scores: torch.Tensor    # (N,) the reward the algorithm optimises
+    group_size: int
+
+
+@dataclass
+class RLConfig:
+    temperature: float = 0.7
+    kl_coef: float = 0.0
+    clip: float = 0.2
+    value_clip: float = 0.2
+    vf_coef: float = 0.5
+    gamma: float = 1.0
+    lam: float = 0.95
+    epochs: int = 2
+    minibatches: int = 2
+    micro_batch: int = 64
+    grad_clip: float = 1.0
+    missing_eos_penalty: float = 1.0
+    aggregation: str = "dapo"
+    dpo_beta: float = 0.1
+    dpo_kind: str = "sigmoid"
+
+
+def rollout(policy, tokenizer, problems, *, n_samples, temperature, max_new_tokens, generator, reward_fn) -> Rollout:
+    """Sample n_samples responses per problem (adjacent rows), verify them, score them."""
+    gen = generate(policy, encode_prompts(tokenizer, [p.question for p in problems]), max_new_tokens,
+                   eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, n_samples=n_samples,
+                   temperature=temperature, generator=generator)
+    texts = tokenizer.decode_batch(gen.responses())
+    extracted = [verifier.extract_answer(t) for t in texts]
+    golds = [p.answer for p in problems for _ in range(n_samples)]
+    correct = torch.tensor([float(ans == gold) for (_, ans), gold in zip(extracted, golds)],
+                           device=gen.tokens.device)
+    scores = reward_fn(gen, correct)
+    return Rollout(gen, texts, [fmt for fmt, _ in extracted], correct, scores, n_samples)
+
+
+def old_logprobs(policy, gen: Generation, temperature: float) -> torch.Tensor:
+    """Logprobs of the sampling policy. In fp32 the sampler's own are exact (tested to 1e-5); under
+    reduced-precision autocast the cached and full-forward numerics differ, so recompute them
+    the way the training forward will, to start every update at ratio exactly 1."""
+    if not torch.is_autocast_enabled(gen.tokens.device.type):
+        return gen.logprobs
+    with torch.no_grad():
+        return sequence_logprobs(policy, gen, temperature)
+
+
+def _minibatches(n: int, count: int, generator=None):
+    order = torch.randperm(n, generator=generator)
+    return [chunk for chunk in order.chunk(count) if len(chunk)]
+
+
+def _values(value_model, gen: Generation) -> torch.Tensor:
+    """V(s_t) for each response token t: the value head read at the position before token t."""
+    seq = torch.cat([gen.prompt, gen.tokens], 1)
+    valid = torch.cat([gen.prompt_mask, gen.mask], 1)
+    P = gen.prompt.size(1)
+    return torch.where(gen.mask, value_model(seq, valid)[:, P - 1:-1], 0.0)
+
+
+def _step(optimizer, params, grad_clip) -> float:
+    """Clip, step, zero; returns the gradient norm before clipping."""
+    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(norm)
+
+
+def mean_stats(records: list[dict]) -> dict:
+    return {k: sum(r[k] for r in records) / len(records) for k in records[0]}
+
+
+def ppo_step(policy, ref, value_model, optimizer, batch: Rollout, cfg: RLConfig) -> dict:
+    gen, T = batch.gen, cfg.temperature
+    with torch.no_grad():
+        ref_lp = sequence_logprobs(ref, gen, T)
+        old_lp = old_logprobs(policy, gen, T)
+        old_values = _values(value_model, gen)
+        scores = rl.missing_eos_penalty(batch.scores, gen.ended, cfg.missing_eos_penalty)
+        rewards = rl.ppo_token_rewards(scores, old_lp, ref_lp, gen.mask, cfg.kl_coef)
+        advantages, returns = rl.gae(rewards, old_values, gen.mask, cfg.gamma, cfg.lam)
+        advantages = rl.masked_whiten(advantages, gen.mask)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    records = []
+    for _ in range(cfg.epochs):
+        for rows in _minibatches(len(batch.scores), cfg.minibatches):
+            sub = gen[rows]
+            new_lp, entropy = sequence_logprobs(policy, sub, T, with_entropy=True)
+            pg_loss, pg_stats = rl.ppo_policy_loss(new_lp, old_lp[rows], advantages[rows], sub.mask, cfg.clip)
+            vf_loss, vf_stats = rl.ppo_value_loss(_values(value_model, sub), old_values[rows], returns[rows],
+                                                  sub.mask, cfg.value_clip)
+            (pg_loss + cfg.vf_coef * vf_loss).backward()
+            grad_norm = _step(optimizer, params, cfg.grad_clip)
+            records.append({"pg_loss": pg_loss.item(), "vf_loss": vf_loss.item(), "grad_norm": grad_norm,
+                            "entropy": rl.masked_mean(entropy.detach(), sub.mask).item(), **pg_stats, **vf_stats})
+    kl = rl.masked_mean(rl.kl_k1(old_lp, ref_lp), gen.mask).item()
+    return {**mean_stats(records), "kl_ref": kl}
+
+
+def grpo_step(policy, ref, optimizer, batch: Rollout, cfg: RLConfig, world_size: int = 1,
+              all_reduce=lambda t: t) -> dict:
+    """One rollout's GRPO update. With one epoch and one minibatch the ratio is exactly 1 and the
+    loss value is ~0 while its gradient is not: watch grad_norm, not the loss."""
+    gen, T = batch.gen, cfg.temperature
+    advantages = rl.group_advantages(batch.scores, batch.group_size)
+    with torch.no_grad():
+        ref_lp = sequence_logprobs(ref, gen, T)
+    old_lp = old_logprobs(policy, gen, T)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    records = []
+    for _ in range(cfg.epochs):
+        for rows in _minibatches(len(batch.scores), cfg.minibatches):
+            # the denominator is the whole minibatch's token count, across micro-batches and ranks;
+            # DDP averages gradients over ranks, so scale back up by world_size
+            total_tokens = all_reduce(gen.mask[rows].sum().float())
+            stats = []
+            for micro in rows.split(cfg.micro_batch):
+                sub = gen[micro]
+                new_lp, entropy = sequence_logprobs(policy, sub, T, with_entropy=True)
+                loss, st = rl.grpo_loss(new_lp, old_lp[micro], ref_lp[micro], advantages[micro], sub.mask,
+                                        cfg.clip, cfg.kl_coef, cfg.aggregation, total_tokens=total_tokens,
+                                        total_seqs=len(rows), max_len=gen.mask.size(1))
+                (loss * world_size).backward()
+                stats.append({**st, "entropy": rl.masked_mean(entropy.detach(), sub.mask).item()})
+            records.append({**mean_stats(stats), "grad_norm": _step(optimizer, params, cfg.grad_clip)})
+    kl = rl.masked_mean(rl.kl_k1(old_lp, ref_lp), gen.mask).item()
+    return {**mean_stats(records), "kl_ref": kl, "adv_abs": advantages.abs().mean().item()}
+
+
+def sft_step(policy, optimizer, gen: Generation, cfg: RLConfig) -> dict:
+    """Cross-entropy on the response tokens of `gen` (the prompt is never in the mask)."""
+    params = [p for p in policy.parameters() if p.requires_grad]
+    losses = []
+    for micro in torch.arange(len(gen.ended)).split(cfg.micro_batch):
+        sub = gen[micro]
+        loss = rl.sft_loss(sequence_logprobs(policy, sub, 1.0), sub.mask) * len(micro) / len(gen.ended)
+        loss.backward()
+        losses.append(loss.item())
+    return {"sft_loss": sum(losses), "grad_norm": _step(optimizer, params, cfg.grad_clip)}
+
+
+def expert_iteration_data(batch: Rollout, problem_ids: list[int]) -> Generation | None:
+    """Verified-correct, de-duplicated rows of a rollout (the EI filter); None if nothing survives."""
+    ids = [problem_ids[i // batch.group_size] for i in range(len(batch.texts))]
+    keep = rl.dedupe_correct(ids, batch.gen.responses(), batch.correct.bool().tolist())
+    if not keep:
+        return None
+    return batch.gen[torch.tensor(keep, device=batch.gen.tokens.device)]
+
+
+def dpo_step(policy, ref, optimizer, chosen: Generation, rejected: Generation, cfg: RLConfig) -> dict:
+    """DPO on (chosen, rejected) rows: sequence log-probabilities are sums over response tokens."""
+    def logps(model, gen):
+        return rl.sequence_logprob(sequence_logprobs(model, gen, 1.0), gen.mask)
+    with torch.no_grad():
+        ref_c, ref_r = logps(ref, chosen), logps(ref, rejected)
+    loss, stats = rl.dpo_loss(logps(policy, chosen), logps(policy, rejected), ref_c, ref_r, cfg.dpo_beta,
+                              cfg.dpo_kind, chosen.mask.sum(1), rejected.mask.sum(1))
+    loss.backward()
+    params = [p for p in policy.parameters() if p.requires_grad]
+    return {"dpo_loss": loss.item(), **stats, "grad_norm": _step(optimizer, params, cfg.grad_clip)}
+
+
+def preference_pairs(batch: Rollout) -> tuple[Generation, Generation] | None:
+    """Best vs worst response of each prompt by score (online DPO); None if all groups tie."""
+    chosen, rejected = rl.best_worst_pairs(batch.scores, batch.group_size)
+    if len(chosen) == 0:
+        return None
+    return batch.gen[chosen], batch.gen[rejected]

@@ -1,0 +1,209 @@
+"""Bradley-Terry reward model: a GPT backbone with a scalar head, trained on preference pairs.
+
+Model (also PPO's value model, which reads the head at every position):
+
+    h_t   = hidden_states(x)_t                      final normalised hidden state of token t
+    v_t   = w . h_t + b                             w ~ N(0, 1/sqrt(d + 1)), b = 0 at init
+    r(x)  = v_T,  T = the LAST real token           (EOS when the response ended; never padding)
+
+Sequences are [left-padded prompt | right-padded response]; each row counts its rotary
+positions from its own first real token and padding is masked out of attention, so the score
+of a sequence does not depend on how much padding surrounds it (tested).
+
+Loss (Bradley-Terry, Christiano et al. 2017; Stiennon et al. 2020), for a pair chosen > rejected:
+
+    P(chosen > rejected) = sigmoid(r_c - r_r)
+    L = -E[log sigmoid(r_c - r_r - margin)] + c * E[(r_c + r_r)^2]
+
+The margin (Llama-2 style, 0 by default) asks for a gap of at least `margin`; the centring
+term (c = 0 by default) keeps scores near 0, since the loss alone only sees differences.
+Logged: accuracy E[1(r_c > r_r)] and the mean margin E[r_c - r_r].
+
+Simulated annotators (train_rm.py's default data, also usable on any policy's samples):
+
+    gold(y) = 1[verifier says y is correct] + quality_coef * quality(y)
+    quality(y) = 1 - len(y) / max_new_tokens for a response that ended with EOS, 0 if truncated
+
+so correctness dominates and, between equally correct responses, the shorter one wins.
+The annotator prefers the higher gold reward (the noiseless limit of Bradley-Terry on gold),
+then each label is flipped with probability `label_noise` (seeded).
+
+Deviations / details: dropout is off (the GPT has none); after training, train_rm.py sets the
+head bias so the held-out (reference) responses score 0 on average, a known trick that makes
+the scale of r meaningful to PPO (the BT loss is invariant to a constant shift).
+"""
+
+import math
+import os
+import random
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from nanorl import runtime
+from nanorl.data import DataError, iter_jsonl
+from nanorl.engine import Generation, left_pad, positions_of
+from nanorl.gpt import GPT, GPTConfig
+
+
+class ScalarModel(nn.Module):
+    """GPT backbone + linear head: one scalar per position (reward model or value model)."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.backbone = GPT(config)
+        self.head = nn.Linear(config.n_embd, 1)
+        nn.init.normal_(self.head.weight, mean=0.0, std=1.0 / math.sqrt(config.n_embd + 1))
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """(B, T) scalars from tokens (B, T) and valid (B, T) bool (False on padding)."""
+        hidden = self.backbone.hidden_states(tokens, positions=positions_of(valid), valid=valid)
+        return self.head(hidden).squeeze(-1).float()
+
+    @classmethod
+    def from_gpt(cls, gpt: GPT) -> "ScalarModel":
+        """A new ScalarModel whose backbone is a copy of `gpt`'s weights (gpt is untouched)."""
+        model = cls(gpt.config).to(gpt.wte.weight.device)
+        model.backbone.load_state_dict(gpt.state_dict())  # copies into the new model's own tensors
+        return model
+
+
+def last_token_scores(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(B,) the value at the last True column of each row of `valid`."""
+    columns = torch.arange(valid.size(1), device=valid.device)
+    last = torch.where(valid, columns, -1).max(dim=1).values.clamp(min=0)
+    return values.gather(1, last[:, None]).squeeze(1)
+
+
+def score(model: ScalarModel, gen: Generation) -> torch.Tensor:
+    """(N,) reward-model scores of the rows of a Generation (prompt + response)."""
+    seq = torch.cat([gen.prompt, gen.tokens], 1)
+    valid = torch.cat([gen.prompt_mask, gen.mask], 1)
+    return last_token_scores(model(seq, valid), valid)
+
+
+def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin: float = 0.0,
+                       center_coef: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """The BT loss of a batch of pairs, and float stats "accuracy" and "margin"."""
+    diff = r_chosen - r_rejected
+    loss = -F.logsigmoid(diff - margin).mean()
+    if center_coef:
+        loss = loss + center_coef * ((r_chosen + r_rejected) ** 2).mean()
+    stats = {"accuracy": (diff > 0).float().mean().item(), "margin": diff.mean().item()}
+    return loss, stats
+
+
+# ----------------------------------------------------------------------------- preference pairs
+
+@dataclass
+class Pair:
+    prompt: list[int]    # [bos] + prompt tokens
+    chosen: list[int]    # response tokens, ending in EOS unless the response was truncated
+    rejected: list[int]
+    gold_gap: float = math.nan  # gold(chosen) - gold(rejected) before label noise (nan: unknown)
+
+
+def pairs_to_generation(pairs: list[Pair], pad_id: int, device="cpu") -> Generation:
+    """One batch of 2B rows: the B chosen responses, then the B rejected ones (same prompts)."""
+    responses = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    prompt, prompt_mask = left_pad([p.prompt for p in pairs] * 2, pad_id, device)
+    width = max(len(r) for r in responses)
+    tokens = torch.tensor([r + [pad_id] * (width - len(r)) for r in responses], device=device)
+    mask = torch.tensor([[True] * len(r) + [False] * (width - len(r)) for r in responses], device=device)
+    ended = torch.ones(len(responses), dtype=torch.bool, device=device)  # unused by score()
+    return Generation(prompt, prompt_mask, tokens, torch.zeros(tokens.shape, device=device), mask, ended)
+
+
+def read_preferences(path: str, tokenizer, block_size: int) -> list[Pair]:
+    """Pairs from a JSONL file of {"prompt", "chosen", "rejected"} texts.
+
+    prompt tokens = [bos] + encode(prompt) (give the prompt exactly as the policy sees it, e.g.
+    a question followed by a blank line); responses = encode(text) + [eos]. A bad line raises
+    DataError naming the file and line.
+    """
+    if not os.path.isfile(path):
+        raise DataError(f"preference file not found: {path}")
+    pairs = []
+    for where, row in iter_jsonl(path):
+        if not isinstance(row, dict):
+            raise DataError(f'{where}: expected a JSON object with "prompt", "chosen", "rejected", '
+                            f"got {type(row).__name__}")
+        for field in ("prompt", "chosen", "rejected"):
+            if not isinstance(row.get(field), str):
+                raise DataError(f'{where}: field "{field}" is missing or not a string '
+                                f'(each line needs "prompt", "chosen" and "rejected" texts)')
+        prompt = [tokenizer.bos_id] + tokenizer.encode(row["prompt"])
+        chosen, rejected = (tokenizer.encode(row[f]) + [tokenizer.eos_id] for f in ("chosen", "rejected"))
+        longest = len(prompt) + max(len(chosen), len(rejected))
+        if longest > block_size:
+            raise DataError(f"{where}: prompt + response is {longest} tokens, more than the model's "
+                            f"block_size {block_size}; shorten the texts")
+        pairs.append(Pair(prompt, chosen, rejected))
+    if not pairs:
+        raise DataError(f"{path}: no preference pairs (the file is empty)")
+    return pairs
+
+
+# ----------------------------------------------------------------------------- simulated annotators
+
+def gold_reward(correct: bool, length: int, ended: bool, max_new_tokens: int, quality_coef: float) -> float:
+    """1[correct] + quality_coef * quality, quality = 1 - length / max_new_tokens (0 if truncated)."""
+    quality = 1.0 - length / max_new_tokens if ended else 0.0
+    return float(correct) + quality_coef * quality
+
+
+def preference_pairs(gold: list[float], group_size: int, max_pairs: int, label_noise: float,
+                     rng: random.Random) -> list[tuple[int, int]]:
+    """(chosen, rejected) indices into `gold`, pairing responses within each group of
+    `group_size` consecutive entries (the samples of one prompt).
+
+    Only pairs whose gold rewards differ are used; per group the `max_pairs` pairs with the
+    largest gold gap come first (pairs that differ in correctness before those that differ in
+    quality only; ties in random order). The annotator prefers the higher gold reward, then
+    the label is flipped with probability `label_noise`.
+    """
+    pairs = []
+    for start in range(0, len(gold), group_size):
+        idx = range(start, min(start + group_size, len(gold)))
+        candidates = [(i, j) for i in idx for j in idx if i < j and gold[i] != gold[j]]
+        rng.shuffle(candidates)
+        candidates.sort(key=lambda ij: -abs(gold[ij[0]] - gold[ij[1]]))  # stable: ties stay shuffled
+        for i, j in candidates[:max_pairs]:
+            chosen, rejected = (i, j) if gold[i] > gold[j] else (j, i)
+            if rng.random() < label_noise:
+                chosen, rejected = rejected, chosen
+            pairs.append((chosen, rejected))
+    return pairs
+
+
+# ----------------------------------------------------------------------------- run directories
+
+def save_scalar_model(run_dir: str, model: ScalarModel, tokenizer, config: dict):
+    """model.pt (state dict), config.json (needs "model" and "kind") and tokenizer.json."""
+    if "model" not in config or "kind" not in config:
+        raise ValueError('config must contain "model" (GPTConfig dict) and "kind"')
+    os.makedirs(run_dir, exist_ok=True)
+    runtime.save_checkpoint(os.path.join(run_dir, "model.pt"), model.state_dict())
+    tokenizer.save(os.path.join(run_dir, "tokenizer.json"))
+    runtime.write_json(os.path.join(run_dir, "config.json"), config)
+
+
+def load_scalar_model(run_dir: str, device: str = "cpu"):
+    """(model, tokenizer, config) of a run directory written by save_scalar_model."""
+    from nanorl.tokenizer import Tokenizer
+    runtime.require_run_dir(run_dir, made_by="train_rm.py")
+    config = runtime.read_json(os.path.join(run_dir, "config.json"))
+    if "kind" not in config:
+        raise runtime.RunError(f"{run_dir} holds a language model ({config.get('script', 'unknown script')}), "
+                               f"not a reward/value model; make one with `python train_rm.py --init {run_dir}`")
+    tokenizer = Tokenizer.load(os.path.join(run_dir, "tokenizer.json"))
+    model = ScalarModel(GPTConfig(**config["model"]))
+    if model.config.vocab_size != tokenizer.vocab_size:
+        raise runtime.RunError(f"{run_dir}: tokenizer has {tokenizer.vocab_size} tokens but the model expects "
+                               f"{model.config.vocab_size}; tokenizer.json and model.pt come from different runs")
+    model.load_state_dict(torch.load(os.path.join(run_dir, "model.pt"), map_location="cpu", weights_only=True))
+    return model.to(device).eval(), tokenizer, config

@@ -1,0 +1,417 @@
+"""Stage 3: RL fine-tuning of a pretrained policy: PPO, GRPO, Expert Iteration, and the DPO,
+online DPO and SFT baselines. The Echo Chamber experiment.
+
+    python train_ppo.py --init runs/pretrain --algo grpo --out runs/grpo
+    python train_ppo.py --init runs/pretrain --algo ppo --kl-coef 0.01 --out runs/ppo_kl
+    python train_ppo.py --init runs/pretrain --algo ppo --reward rm --rm runs/rm --out runs/ppo_rm
+    python train_ppo.py --init runs/pretrain --algo ei --out runs/ei
+    torchrun --nproc_per_node=2 train_ppo.py --init runs/pretrain --algo grpo --out runs/grpo_ddp
+
+Each step samples responses to a batch of training prompts with the batched engine, rewards
+them (verifier: 1 if the extracted answer equals the gold one, else 0; or a reward model), and
+updates the policy with the chosen algorithm (nanorl/algos.py, maths in nanorl/rl.py). Every
+step logs reward, format shares and per-format accuracy of the samples (the Echo Chamber's
+signature), length, KL to the reference and entropy; periodically greedy pass@1 and sampled
+pass@k / maj@k on held-out problems. Writes metrics.jsonl, eval.json ({"before", "after"}),
+plots, model.pt / config.json / tokenizer.json (a run directory like any other) and ckpt.pt.
+
+DDP: prompts are sharded by rank, gradients averaged by DDP, statistics all-reduced.
+"""
+
+import argparse
+import copy
+import json
+import os
+import shutil
+import sys
+import time
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from nanorl import algos, evals, rl, runtime, tasks, verifier
+from nanorl.data import DataError
+from nanorl.engine import pack
+from nanorl.reward import Pair, ScalarModel, load_scalar_model, read_preferences, score
+from nanorl.runtime import RunError, print0
+
+ALGOS = ("ppo", "grpo", "ei", "dpo", "online_dpo", "sft")
+PRESETS = {
+    # CPU, minutes: 16 prompts x 8 samples per step
+    "tiny": dict(max_steps=60, prompts_per_step=16, samples=8, lr=1e-4, n_train_prompts=2000, n_eval=200,
+                 eval_samples=4, eval_every=20, max_new_tokens=128),
+    # GPU: the paper's 64 prompts x 8 samples
+    "gpu": dict(max_steps=500, prompts_per_step=64, samples=8, lr=1e-6 * 5, n_train_prompts=20000, n_eval=1000,
+                eval_samples=16, eval_every=50, max_new_tokens=256),
+    # seconds; for the smoke tests
+    "test": dict(max_steps=2, prompts_per_step=2, samples=2, lr=1e-4, n_train_prompts=20, n_eval=4,
+                 eval_samples=2, eval_every=1, max_new_tokens=24),
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--init", required=True, help="pretrained run directory (train_pretrain.py --out)")
+    p.add_argument("--out", default="runs/ppo", help="run directory to write")
+    p.add_argument("--algo", default="ppo", choices=ALGOS, help="update rule")
+    p.add_argument("--preset", default="tiny", choices=PRESETS, help="named size; other flags override it")
+    p.add_argument("--reward", default="verifier", choices=("verifier", "rm"), help="reward source")
+    p.add_argument("--rm", help="reward-model run directory (train_rm.py --out), with --reward rm")
+    p.add_argument("--prompts", help="GSM8K-format JSONL of training prompts (default: the synthetic world)")
+    p.add_argument("--min-difficulty", type=int, default=1, help="easiest training problems (steps)")
+    p.add_argument("--max-difficulty", type=int, default=4, help="hardest training problems (steps)")
+    p.add_argument("--eval-max-difficulty", type=int, default=4, help="hardest held-out problems")
+    p.add_argument("--max-steps", type=int, help="policy updates (EI: rounds)")
+    p.add_argument("--prompts-per-step", type=int, help="prompts per rollout (over all ranks)")
+    p.add_argument("--samples", type=int, help="responses per prompt (GRPO group size, EI k, online DPO K)")
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of rollouts")
+    p.add_argument("--lr", type=float, help="AdamW learning rate")
+    p.add_argument("--kl-coef", type=float, default=0.0, help="beta: KL-to-reference coefficient (k1 in PPO's reward, k3 in GRPO's loss)")
+    p.add_argument("--clip", type=float, default=0.2, help="ratio clip epsilon")
+    p.add_argument("--value-clip", type=float, default=0.2, help="PPO value clip")
+    p.add_argument("--vf-coef", type=float, default=0.5, help="PPO value-loss weight")
+    p.add_argument("--lam", type=float, default=0.95, help="GAE lambda (gamma is 1)")
+    p.add_argument("--epochs", type=int, default=2, help="passes over each rollout (PPO/GRPO) or over kept samples (EI)")
+    p.add_argument("--minibatches", type=int, default=2, help="optimizer steps per epoch")
+    p.add_argument("--micro-batch", type=int, default=64, help="rows per forward/backward (memory only: results do not change)")
+    p.add_argument("--aggregation", default="dapo", choices=("dapo", "grpo", "dr_grpo"), help="GRPO loss aggregation")
+    p.add_argument("--missing-eos-penalty", type=float, default=1.0, help="subtracted from the score of truncated responses (PPO)")
+    p.add_argument("--ei-restart", action="store_true", help="EI: restart each round from the base model, SFT on all kept samples")
+    p.add_argument("--prefs", help="dpo / sft: local preference JSONL (prompt, chosen, rejected) instead of "
+                   "pairs sampled from the initial policy")
+    p.add_argument("--dpo-beta", type=float, default=0.1, help="DPO beta")
+    p.add_argument("--dpo-kind", default="sigmoid", choices=("sigmoid", "ipo"), help="DPO loss")
+    p.add_argument("--n-train-prompts", type=int, help="size of the synthetic training-prompt pool")
+    p.add_argument("--n-eval", type=int, help="held-out problems for evaluation")
+    p.add_argument("--eval-samples", type=int, help="k of pass@k / maj@k")
+    p.add_argument("--eval-every", type=int, help="steps between held-out evaluations")
+    p.add_argument("--max-new-tokens", type=int, help="longest response")
+    p.add_argument("--ckpt-every", type=int, default=20, help="steps between checkpoints")
+    p.add_argument("--seed", type=int, default=1337, help="seed for prompts, sampling and updates")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--dtype", default="auto", help="auto | fp32 | bf16 (autocast)")
+    p.add_argument("--resume", action="store_true", help="continue from --out/ckpt.pt")
+    p.add_argument("--stop-after", type=int, default=None, help="save a checkpoint and exit after this step")
+    args = p.parse_args(argv)
+    for key, value in PRESETS[args.preset].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.reward == "rm" and not args.rm:
+        p.error("--reward rm needs --rm DIR (a train_rm.py run directory)")
+    if args.min_difficulty > args.max_difficulty:
+        p.error("--min-difficulty is larger than --max-difficulty")
+    return args
+
+
+def rl_config(args) -> algos.RLConfig:
+    return algos.RLConfig(temperature=args.temperature, kl_coef=args.kl_coef, clip=args.clip,
+                          value_clip=args.value_clip, vf_coef=args.vf_coef, lam=args.lam, epochs=args.epochs,
+                          minibatches=args.minibatches, micro_batch=args.micro_batch,
+                          missing_eos_penalty=args.missing_eos_penalty, aggregation=args.aggregation,
+                          dpo_beta=args.dpo_beta, dpo_kind=args.dpo_kind)
+
+
+def training_prompts(args):
+    if args.prompts:
+        return tasks.read_gsm8k(args.prompts)
+    return tasks.problem_set("train", args.n_train_prompts, seed=args.seed,
+                             difficulties=range(args.min_difficulty, args.max_difficulty + 1))
+
+
+def step_problems(pool, step, args, info):
+    """This rank's share of the step's prompts, from a seeded pass over the pool."""
+    per_epoch = max(1, len(pool) // args.prompts_per_step)
+    epoch, offset = divmod(step, per_epoch)
+    order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(args.seed + epoch)).tolist()
+    ids = order[offset * args.prompts_per_step:(offset + 1) * args.prompts_per_step][info.rank::info.world_size]
+    return ids, [pool[i] for i in ids]
+
+
+def rollout_stats(batch: algos.Rollout, info) -> dict:
+    """Reward, length, and format share / accuracy of this step's samples (all ranks)."""
+    counts = torch.tensor([[sum(f == fmt for f in batch.formats),
+                            sum(float(c) for f, c in zip(batch.formats, batch.correct) if f == fmt)]
+                           for fmt in (*verifier.FORMATS, verifier.NO_FORMAT)])
+    sums = torch.tensor([batch.scores.sum().item(), (batch.scores ** 2).sum().item(), batch.correct.sum().item(),
+                         batch.gen.mask.sum().item(), len(batch.scores)])
+    counts, sums = runtime.all_reduce_sum(counts, info), runtime.all_reduce_sum(sums, info)
+    n = sums[4].item()
+    mean = sums[0].item() / n
+    out = {"reward_mean": mean, "reward_std": max(sums[1].item() / n - mean ** 2, 0.0) ** 0.5,
+           "train_acc": sums[2].item() / n, "response_len": sums[3].item() / n}
+    for fmt, (count, right) in zip((*verifier.FORMATS, verifier.NO_FORMAT), counts.tolist()):
+        out[f"share/{fmt}"] = count / n
+        if count:
+            out[f"acc/{fmt}"] = right / count
+    return out
+
+
+def evaluate(policy, tokenizer, problems, args, device, dtype) -> dict:
+    with runtime.autocast(device, dtype):
+        return evals.evaluate(policy, tokenizer, problems, n_samples=args.eval_samples, temperature=args.temperature,
+                              max_new_tokens=args.max_new_tokens, seed=args.seed)
+
+
+def build_models(args, device, info):
+    """Policy (trained), reference (frozen copy), reward model (frozen, --reward rm), value model (PPO)."""
+    policy, tokenizer, init_config = runtime.load_run(args.init, device)
+    ref = copy.deepcopy(policy).requires_grad_(False)
+    reward_model = value = None
+    if args.reward == "rm":
+        reward_model, rm_tokenizer, _ = load_scalar_model(args.rm, device)
+        if rm_tokenizer.to_json() != tokenizer.to_json():
+            raise RunError(f"--rm {args.rm} uses a different tokenizer from --init {args.init}; "
+                           "train the reward model from the same pretrained run")
+        reward_model.requires_grad_(False).eval()
+    if args.algo == "ppo":  # the value model starts from the reward model when there is one
+        value = ScalarModel.from_gpt(reward_model.backbone if reward_model is not None else policy).to(device)
+    params = list(policy.parameters()) + (list(value.parameters()) if value is not None else [])
+    optimizer = torch.optim.AdamW(params, lr=args.lr, eps=1e-5, weight_decay=0.0)
+    return policy, ref, value, reward_model, tokenizer, optimizer, init_config
+
+
+def reward_function(args, reward_model):
+    if args.reward == "verifier":
+        return lambda gen, correct: correct
+    return lambda gen, correct: score(reward_model, gen).detach()
+
+
+def to_lists(batch: algos.Rollout, rows) -> list[tuple[list[int], list[int]]]:
+    """(prompt tokens, response tokens up to and including EOS) of the given rows, padding removed."""
+    gen = batch.gen
+    return [(gen.prompt[i][gen.prompt_mask[i]].tolist(), gen.tokens[i][gen.mask[i]].tolist()) for i in rows]
+
+
+def packed(rows, tokenizer, device):
+    prompts, responses = zip(*rows)
+    return pack(list(prompts), list(responses), eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, device=device)
+
+
+def offline_pairs(policy, tokenizer, pool, args, generator, reward_fn) -> list[Pair]:
+    """DPO / SFT data: a local preference file (--prefs), or pairs sampled once from the initial
+    policy: the best vs the worst response of each prompt by reward."""
+    if args.prefs:
+        return read_preferences(args.prefs, tokenizer, policy.config.block_size)
+    pairs = []
+    n_prompts = min(len(pool), args.prompts_per_step * args.max_steps)
+    for start in tqdm(range(0, n_prompts, args.prompts_per_step), desc="offline pairs", leave=False):
+        batch = algos.rollout(policy, tokenizer, pool[start:start + args.prompts_per_step], n_samples=args.samples,
+                              temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                              generator=generator, reward_fn=reward_fn)
+        chosen, rejected = rl.best_worst_pairs(batch.scores, batch.group_size)
+        for (prompt, good), (_, bad) in zip(to_lists(batch, chosen.tolist()), to_lists(batch, rejected.tolist())):
+            pairs.append(Pair(prompt, good, bad))
+    if not pairs:
+        raise RunError("no preference pairs: every prompt's samples got the same reward; raise --samples or "
+                       "--temperature, start from a better-trained --init, or give --prefs FILE")
+    return pairs
+
+
+class Trainer:
+    """The state of one fine-tuning run and one `step` per algorithm."""
+
+    def __init__(self, args, info, device, dtype):
+        self.args, self.info, self.device, self.dtype, self.cfg = args, info, device, dtype, rl_config(args)
+        (self.policy, self.ref, self.value, self.reward_model, self.tokenizer, self.optimizer,
+         self.init_config) = build_models(args, device, info)
+        self.base_state = copy.deepcopy(self.policy.state_dict())  # EI --ei-restart goes back to it
+        self.train_policy = DDP(self.policy) if info.enabled else self.policy
+        self.train_value = DDP(self.value) if info.enabled and self.value is not None else self.value
+        self.reward_fn = reward_function(args, self.reward_model)
+        self.pool = training_prompts(args)
+        self.sampler = torch.Generator(device=device).manual_seed(args.seed * 1000 + info.rank)
+        self.ei_data, self.pairs = [], None
+
+    def sample(self, problems, n_samples, temperature):
+        with runtime.autocast(self.device, self.dtype):
+            return algos.rollout(self.policy, self.tokenizer, problems, n_samples=n_samples, temperature=temperature,
+                                 max_new_tokens=self.args.max_new_tokens, generator=self.sampler,
+                                 reward_fn=self.reward_fn)
+
+    def step(self, step: int) -> tuple[dict, algos.Rollout | None]:
+        args, cfg = self.args, self.cfg
+        ids, problems = step_problems(self.pool, step, args, self.info)
+        with runtime.autocast(self.device, self.dtype):
+            if args.algo in ("dpo", "sft"):
+                return self.offline_step(step), None
+            batch = self.sample(problems, args.samples, 1.0 if args.algo == "ei" else args.temperature)
+            if args.algo == "ppo":
+                stats = algos.ppo_step(self.train_policy, self.ref, self.train_value, self.optimizer, batch, cfg)
+            elif args.algo == "grpo":
+                stats = algos.grpo_step(self.train_policy, self.ref, self.optimizer, batch, cfg, self.info.world_size,
+                                        lambda t: runtime.all_reduce_sum(t, self.info))
+            elif args.algo == "ei":
+                stats = self.expert_iteration(batch, ids)
+            else:
+                pairs = algos.preference_pairs(batch)
+                stats = {} if pairs is None else algos.dpo_step(self.train_policy, self.ref, self.optimizer, *pairs, cfg)
+        return stats, batch
+
+    def expert_iteration(self, batch, ids) -> dict:
+        kept = to_lists(batch, rl.dedupe_correct([ids[i // batch.group_size] for i in range(len(batch.texts))],
+                                                 batch.gen.responses(), batch.correct.bool().tolist()))
+        if self.args.ei_restart:  # SFT from the base model on everything kept so far
+            self.ei_data += kept
+            kept = self.ei_data
+            self.policy.load_state_dict(self.base_state)
+            self.optimizer.state.clear()
+        records = []
+        for _ in range(self.args.epochs):
+            order = torch.randperm(len(kept)).tolist()
+            for chunk in range(0, len(kept), self.args.micro_batch):
+                rows = packed([kept[i] for i in order[chunk:chunk + self.args.micro_batch]], self.tokenizer, self.device)
+                records.append(algos.sft_step(self.train_policy, self.optimizer, rows, self.cfg))
+        return {**(algos.mean_stats(records) if records else {}), "ei_kept": len(kept)}
+
+    def offline_step(self, step: int) -> dict:
+        if self.pairs is None:
+            self.pairs = offline_pairs(self.policy, self.tokenizer, self.pool, self.args, self.sampler, self.reward_fn)
+        n = self.args.prompts_per_step
+        rows = [self.pairs[(step * n + i) % len(self.pairs)] for i in range(n)]
+        chosen = packed([(p.prompt, p.chosen) for p in rows], self.tokenizer, self.device)
+        if self.args.algo == "sft":
+            return {**algos.sft_step(self.train_policy, self.optimizer, chosen, self.cfg), "n_pairs": len(self.pairs)}
+        rejected = packed([(p.prompt, p.rejected) for p in rows], self.tokenizer, self.device)
+        return {**algos.dpo_step(self.train_policy, self.ref, self.optimizer, chosen, rejected, self.cfg),
+                "n_pairs": len(self.pairs)}
+
+    def save(self, step: int):
+        """ckpt.pt with every rank's sampler and RNG state (written by rank 0) and model.pt."""
+        ranks = runtime.gather_objects({"sampler": self.sampler.get_state(), "rng": runtime.rng_state()}, self.info)
+        if self.info.is_main:
+            runtime.save_checkpoint(os.path.join(self.args.out, "ckpt.pt"), {
+                "policy": self.policy.state_dict(), "value": self.value.state_dict() if self.value else None,
+                "optimizer": self.optimizer.state_dict(), "step": step, "rank_states": ranks,
+                "ei_data": self.ei_data, "pairs": self.pairs})
+            runtime.save_checkpoint(os.path.join(self.args.out, "model.pt"), self.policy.state_dict())
+
+    def load(self, ckpt: dict) -> int:
+        self.policy.load_state_dict(ckpt["policy"])
+        if self.value is not None:
+            self.value.load_state_dict(ckpt["value"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.sampler.set_state(ckpt["rank_states"][self.info.rank]["sampler"])
+        runtime.set_rng_state(ckpt["rank_states"][self.info.rank]["rng"])
+        self.ei_data, self.pairs = ckpt["ei_data"], ckpt["pairs"]
+        return ckpt["step"]
+
+
+def eval_record(result: dict) -> dict:
+    """The held-out metrics that go into a metrics.jsonl line."""
+    record = {"eval/pass@1": result["pass@1"], "eval/pass@k": result["pass@k"], "eval/maj@k": result["maj@k"]}
+    record.update({f"eval/share/{f}": v for f, v in result["sampled_format_share"].items()})
+    record.update({f"eval/pass@1_d{d}": v for d, v in result["pass@1_by_difficulty"].items()})
+    return record
+
+
+def write_plots(args, metrics: list[dict], before: dict, after: dict):
+    out, formats = args.out, (*verifier.FORMATS, verifier.NO_FORMAT)
+    rollout_steps = [m for m in metrics if "share/tinygsm" in m]
+    if rollout_steps:  # format share of the training samples at every step
+        xs, source = [m["step"] for m in rollout_steps], "share/"
+    else:  # offline algorithms sample nothing while training: use the held-out samples
+        rollout_steps = [m for m in metrics if "eval/share/tinygsm" in m]
+        xs, source = [m["step"] for m in rollout_steps], "eval/share/"
+    runtime.plot_stacked(os.path.join(out, "format_share.png"), xs,
+                         {f: [m.get(source + f, 0.0) for m in rollout_steps] for f in formats},
+                         f"Solution format of samples during {args.algo.upper()}", "step", "share of samples")
+    evals_at = [m for m in metrics if "eval/pass@1" in m]
+    runtime.plot_lines(os.path.join(out, "pass_at_k.png"),
+                       {"pass@1 (greedy)": ([m["step"] for m in evals_at], [m["eval/pass@1"] for m in evals_at]),
+                        f"pass@{args.eval_samples} (T={args.temperature})":
+                            ([m["step"] for m in evals_at], [m["eval/pass@k"] for m in evals_at]),
+                        f"maj@{args.eval_samples}": ([m["step"] for m in evals_at], [m["eval/maj@k"] for m in evals_at])},
+                       f"Held-out accuracy during {args.algo.upper()}", "step", "fraction of problems")
+    runtime.plot_bars(os.path.join(out, "pass_at_1_by_difficulty.png"),
+                      {"before": before["pass@1_by_difficulty"], "after": after["pass@1_by_difficulty"]},
+                      f"Greedy pass@1 by difficulty (trained on {args.min_difficulty}-{args.max_difficulty} steps)",
+                      "pass@1")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = runtime.pick_device(args.device)
+    info, device = runtime.init_distributed(device)
+    if info.enabled and args.algo not in ("ppo", "grpo"):
+        raise RunError(f"--algo {args.algo} runs in one process; use ppo or grpo under torchrun")
+    if info.enabled and args.prompts_per_step % info.world_size:
+        raise RunError(f"--prompts-per-step {args.prompts_per_step} must divide evenly over {info.world_size} ranks")
+    dtype, why = runtime.pick_dtype(device, args.dtype)
+    runtime.seed_everything(args.seed)
+    runtime.require_run_dir(args.init)
+    if args.rm:
+        runtime.require_run_dir(args.rm, made_by="train_rm.py")
+    os.makedirs(args.out, exist_ok=True)
+    if args.resume and not os.path.exists(os.path.join(args.out, "ckpt.pt")):
+        raise RunError(f"--resume: {args.out}/ckpt.pt not found; start without --resume")
+    print0(f"device {device} x{info.world_size} | dtype {str(dtype).replace('torch.', '')} ({why}) | "
+           f"algo {args.algo} | reward {args.reward}", info=info)
+    trainer = Trainer(args, info, device, dtype)
+    config = {"script": "train_ppo.py", "init": args.init, "rm": args.rm, "args": vars(args),
+              "model": trainer.init_config["model"], "world_size": info.world_size}
+    eval_problems = tasks.problem_set("test", args.n_eval, seed=args.seed,
+                                      difficulties=range(1, args.eval_max_difficulty + 1))
+    log = runtime.MetricsLog(os.path.join(args.out, "metrics.jsonl"), info.is_main, truncate=not args.resume)
+    start, before = 0, None
+    if args.resume:
+        start = trainer.load(runtime.load_checkpoint(os.path.join(args.out, "ckpt.pt"), device))
+        before = runtime.read_json(os.path.join(args.out, "eval_before.json"))
+        print0(f"resuming from step {start}", info=info)
+    elif info.is_main:
+        runtime.write_json(os.path.join(args.out, "config.json"), config)
+        shutil.copy(os.path.join(args.init, "tokenizer.json"), os.path.join(args.out, "tokenizer.json"))
+        print0(f"evaluating the initial policy on {len(eval_problems)} held-out problems ...")
+        before = evaluate(trainer.policy, trainer.tokenizer, eval_problems, args, device, dtype)
+        runtime.write_json(os.path.join(args.out, "eval_before.json"), before)
+        log.write({"step": 0, **eval_record(before)})
+    runtime.barrier(info)
+
+    step = start
+    bar = tqdm(range(start, args.max_steps), initial=start, total=args.max_steps, desc=args.algo,
+               disable=not info.is_main, dynamic_ncols=True)
+    try:
+        for step in bar:
+            t0 = time.perf_counter()
+            stats, batch = trainer.step(step)
+            record = {"step": step + 1, **(rollout_stats(batch, info) if batch is not None else {}), **stats,
+                      "time": time.perf_counter() - t0}
+            if (step + 1) % args.eval_every == 0 or step + 1 == args.max_steps:
+                if info.is_main:
+                    record.update(eval_record(evaluate(trainer.policy, trainer.tokenizer, eval_problems, args,
+                                                       device, dtype)))
+                runtime.barrier(info)
+            log.write(record)
+            if info.is_main:
+                bar.write(runtime.format_line({k: v for k, v in record.items() if not k.startswith("eval/share")}))
+            if (step + 1) % args.ckpt_every == 0 or step + 1 == args.stop_after:
+                trainer.save(step + 1)
+            if step + 1 == args.stop_after:
+                print0(f"stopped after step {step + 1} (--stop-after); continue with --resume", info=info)
+                return
+    except KeyboardInterrupt:
+        trainer.save(step)
+        print0(f"\ninterrupted: saved {args.out}/ckpt.pt at step {step}; continue with --resume", info=info)
+        sys.exit(130)
+    trainer.save(args.max_steps)
+    if not info.is_main:
+        runtime.shutdown_distributed(info)
+        return
+    after = evaluate(trainer.policy, trainer.tokenizer, eval_problems, args, device, dtype)
+    runtime.write_json(os.path.join(args.out, "eval.json"), {"before": before, "after": after})
+    with open(os.path.join(args.out, "metrics.jsonl")) as f:
+        write_plots(args, [json.loads(line) for line in f], before, after)
+    for name, result in (("before", before), ("after", after)):
+        print0(f"{name:>6}: " + runtime.format_line({"pass@1": result["pass@1"], f"pass@{result['k']}": result["pass@k"],
+                                                      f"maj@{result['k']}": result["maj@k"]}) +
+               " | shares " + runtime.format_line(result["sampled_format_share"]))
+    print0(f"wrote {args.out}/ (eval.json, metrics.jsonl, *.png)")
+    runtime.shutdown_distributed(info)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (RunError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,310 @@
+"""Stage 2: preference data + a Bradley-Terry reward model on the pretrained backbone.
+
+    python train_rm.py --init runs/pretrain --out runs/rm                 # tiny preset, CPU, ~2.5 minutes
+    python train_rm.py --init runs/pretrain --out runs/rm_noisy --label-noise 0.2
+    python train_rm.py --init runs/pretrain --out runs/rm_prefs --prefs prefs.jsonl
+    python train_rm.py --init runs/pretrain --out runs/rm --shift-init runs/ppo   # + shifted accuracy
+
+Preference data, by default from simulated annotators (nanorl/reward.py):
+  1. sample --samples-per-prompt responses per training problem from the --init policy;
+  2. gold(y) = 1[correct] + --quality-coef * (1 - len(y) / max_new_tokens)  (0 if truncated);
+  3. within each prompt, pair responses whose gold rewards differ (at most --pairs-per-prompt,
+     largest gold gap first); the annotator prefers the higher gold reward, then each label is
+     flipped with probability --label-noise.
+Held-out pairs come from held-out TEST problems the same way, never flipped: pair_accuracy is
+measured against the true gold order. --shift-init adds held-out pairs sampled from another
+policy (pair_accuracy_shifted: the distribution shift that motivates RLP).
+With --prefs FILE.jsonl ({"prompt", "chosen", "rejected"} texts) the pairs come from the file,
+and --val-fraction of them are held out.
+
+Training: ScalarModel.from_gpt(policy), loss -log sigmoid(r_c - r_r - margin) + c E[(r_c + r_r)^2],
+AdamW with linear warm-up and linear decay. After training the head bias is shifted so the
+held-out responses score 0 on average (the BT loss cannot see a constant shift; PPO can).
+
+Writes to --out: model.pt, config.json (kind "reward_model", init), tokenizer.json,
+metrics.jsonl, eval.json and rm_accuracy.png.
+"""
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+
+import torch
+from tqdm import tqdm
+
+from nanorl import data, evals, runtime, verifier
+from nanorl.engine import generate
+from nanorl.reward import (Pair, ScalarModel, bradley_terry_loss, gold_reward, pairs_to_generation,
+                           preference_pairs, read_preferences, save_scalar_model, score)
+from nanorl.runtime import RunError, print0
+from nanorl.tasks import problem_set
+
+PRESETS = {
+    # about 2.5 minutes on a 2-core CPU, sampling included (one epoch: a second one overfits)
+    "tiny": dict(n_prompts=384, n_eval_prompts=128, samples_per_prompt=4, max_new_tokens=128, epochs=1,
+                 batch_size=16, lr=1e-3, warmup_steps=5, sample_batch=32),
+    # seconds; for the smoke tests
+    "test": dict(n_prompts=16, n_eval_prompts=16, samples_per_prompt=4, max_new_tokens=48, epochs=1,
+                 batch_size=4, lr=1e-3, warmup_steps=1, sample_batch=8),
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="tiny", choices=PRESETS, help="named size; other flags override it")
+    p.add_argument("--init", default="runs/pretrain", help="pretrained run directory: backbone and sampling policy")
+    p.add_argument("--out", default="runs/rm", help="run directory to write")
+    p.add_argument("--prefs", default=None, help="JSONL file of {prompt, chosen, rejected} texts instead of sampling")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="with --prefs: share of pairs held out")
+    p.add_argument("--shift-init", default=None, help="another policy's run directory: also report held-out "
+                                                      "accuracy on pairs from its samples")
+    p.add_argument("--n-prompts", type=int, help="training problems to sample responses for")
+    p.add_argument("--n-eval-prompts", type=int, help="held-out test problems for held-out pairs")
+    p.add_argument("--samples-per-prompt", type=int, help="responses sampled per problem (K)")
+    p.add_argument("--pairs-per-prompt", type=int, default=3, help="at most this many pairs per problem")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    p.add_argument("--max-new-tokens", type=int, help="longest sampled response (capped by the context)")
+    p.add_argument("--sample-batch", type=int, help="problems per sampling call")
+    p.add_argument("--quality-coef", type=float, default=0.1, help="weight of the shortness term in gold rewards")
+    p.add_argument("--label-noise", type=float, default=0.0, help="probability of flipping each training label")
+    p.add_argument("--epochs", type=int, help="passes over the training pairs")
+    p.add_argument("--batch-size", type=int, help="pairs per optimizer step")
+    p.add_argument("--lr", type=float, help="peak learning rate (AdamW)")
+    p.add_argument("--warmup-steps", type=int, help="linear warm-up steps, then linear decay to 0")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay on matrices")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="max global gradient norm (0 = off)")
+    p.add_argument("--margin", type=float, default=0.0, help="BT margin: loss -log sigmoid(r_c - r_r - margin)")
+    p.add_argument("--center-coef", type=float, default=0.0, help="weight of the centring term E[(r_c + r_r)^2]")
+    p.add_argument("--log-every", type=int, default=1, help="steps between printed log lines")
+    p.add_argument("--seed", type=int, default=1337, help="seed for problems, sampling, labels and batches")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--dtype", default="auto", help="auto | fp32 | bf16 (autocast)")
+    args = p.parse_args(argv)
+    for key, value in PRESETS[args.preset].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if not 0.0 <= args.label_noise <= 1.0:
+        raise RunError(f"--label-noise must be in [0, 1], got {args.label_noise}")
+    if args.prefs and args.shift_init:
+        raise RunError("--shift-init samples held-out pairs from a policy; it cannot be combined with --prefs")
+    if args.epochs < 1 or args.batch_size < 1:
+        raise RunError(f"--epochs and --batch-size must be at least 1, got {args.epochs} and {args.batch_size}")
+    if args.samples_per_prompt < 2:
+        raise RunError(f"--samples-per-prompt must be at least 2 to form pairs, got {args.samples_per_prompt}")
+    return args
+
+
+# ----------------------------------------------------------------------------- preference data
+
+@torch.no_grad()
+def sample_pairs(policy, tokenizer, problems, args, label_noise, seed, device, dtype, desc):
+    """Preference pairs from the policy's samples, labelled by simulated annotators; and stats."""
+    prompts = evals.encode_prompts(tokenizer, [p.question for p in problems])
+    max_new = min(args.max_new_tokens, policy.config.block_size - max(len(p) for p in prompts))
+    if max_new < 1:
+        raise RunError(f"prompts of up to {max(map(len, prompts))} tokens leave no room in block_size "
+                       f"{policy.config.block_size}")
+    K, generator, rng = args.samples_per_prompt, torch.Generator(device=device).manual_seed(seed), random.Random(seed)
+    pairs, correct, truncated = [], [], []
+    for i in tqdm(range(0, len(problems), args.sample_batch), desc=desc, leave=False, dynamic_ncols=True):
+        chunk = problems[i:i + args.sample_batch]
+        with runtime.autocast(device, dtype):
+            gen = generate(policy, prompts[i:i + len(chunk)], max_new, eos_id=tokenizer.eos_id,
+                           pad_id=tokenizer.pad_id, n_samples=K, temperature=args.temperature, generator=generator)
+        texts, rows = tokenizer.decode_batch(gen.responses()), gen.tokens.tolist()
+        lengths, ended = gen.mask.sum(1).tolist(), gen.ended.tolist()
+        hits = [verifier.is_correct(text, chunk[r // K].answer) for r, text in enumerate(texts)]
+        gold = [gold_reward(hits[r], lengths[r], ended[r], max_new, args.quality_coef) for r in range(len(rows))]
+        for c, r in preference_pairs(gold, K, args.pairs_per_prompt, label_noise, rng):
+            pairs.append(Pair(prompts[i + c // K], rows[c][:lengths[c]], rows[r][:lengths[r]], gold[c] - gold[r]))
+        correct += hits
+        truncated += [not e for e in ended]
+    stats = {"sample_accuracy": sum(correct) / len(correct), "truncated_share": sum(truncated) / len(truncated),
+             "max_new_tokens": max_new}
+    return pairs, stats
+
+
+def no_pairs_error(what: str) -> RunError:
+    return RunError(f"no {what} preference pairs were formed: all samples of each prompt got the same gold reward. "
+                    f"Raise --samples-per-prompt, --n-prompts / --n-eval-prompts, --temperature or --quality-coef, "
+                    f"or give pairs with --prefs")
+
+
+def load_pairs(args, policy, tokenizer, device, dtype):
+    """(train pairs, held-out pairs, stats) from --prefs or from the policy's samples."""
+    if args.prefs:
+        pairs = read_preferences(args.prefs, tokenizer, policy.config.block_size)
+        order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(args.seed)).tolist()
+        n_val = 0 if len(pairs) < 2 or args.val_fraction <= 0 else \
+            min(len(pairs) - 1, max(1, round(args.val_fraction * len(pairs))))
+        if n_val == 0:
+            raise RunError(f"{args.prefs}: no held-out pairs; raise --val-fraction (now {args.val_fraction}) "
+                           f"or add pairs (the file has {len(pairs)})")
+        held_out = [pairs[k] for k in order[:n_val]]
+        return [pairs[k] for k in order[n_val:]], held_out, {"source": args.prefs}
+    train_problems = problem_set("train", args.n_prompts, seed=args.seed)
+    test_problems = problem_set("test", args.n_eval_prompts, seed=args.seed)
+    pairs, stats = sample_pairs(policy, tokenizer, train_problems, args, args.label_noise, args.seed,
+                                device, dtype, "sample train")
+    held_out, eval_stats = sample_pairs(policy, tokenizer, test_problems, args, 0.0, args.seed + 1,
+                                        device, dtype, "sample held-out")
+    if not pairs:
+        raise no_pairs_error("training")
+    if not held_out:
+        raise no_pairs_error("held-out")
+    flipped = sum(p.gold_gap < 0 for p in pairs)
+    print0(f"policy samples: accuracy {stats['sample_accuracy']:.3f} | truncated {stats['truncated_share']:.3f} "
+           f"| {len(pairs)} train pairs ({flipped} flipped) | {len(held_out)} held-out pairs")
+    return pairs, held_out, {"source": "simulated", "n_flipped": flipped, **stats}
+
+
+# ----------------------------------------------------------------------------- training
+
+def pair_rewards(model, pairs, tokenizer, device, dtype):
+    """(r_chosen, r_rejected) of a batch of pairs, from one forward over 2B rows."""
+    with runtime.autocast(device, dtype):
+        rewards = score(model, pairs_to_generation(pairs, tokenizer.pad_id, device))
+    return rewards[:len(pairs)], rewards[len(pairs):]
+
+
+@torch.no_grad()
+def evaluate_pairs(model, pairs, tokenizer, args, device, dtype):
+    """Accuracy (vs the stored labels) and the (r_chosen, r_rejected) scores of all pairs."""
+    chosen, rejected = [], []
+    for i in range(0, len(pairs), 2 * args.batch_size):
+        r_c, r_r = pair_rewards(model, pairs[i:i + 2 * args.batch_size], tokenizer, device, dtype)
+        chosen.append(r_c), rejected.append(r_r)
+    chosen, rejected = torch.cat(chosen), torch.cat(rejected)
+    return (chosen > rejected).float().mean().item(), chosen, rejected
+
+
+def lr_at(step: int, total: int, args) -> float:
+    if step < args.warmup_steps:
+        return args.lr * (step + 1) / args.warmup_steps
+    return args.lr * max(0.0, (total - step) / max(1, total - args.warmup_steps))
+
+
+def train(model, pairs, held_out, tokenizer, args, device, dtype, log):
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay},
+                                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+                                  lr=args.lr, betas=(0.9, 0.95))
+    steps_per_epoch = math.ceil(len(pairs) / args.batch_size)
+    total = args.epochs * steps_per_epoch
+    batch_gen = torch.Generator().manual_seed(args.seed)
+    acc0 = evaluate_pairs(model, held_out, tokenizer, args, device, dtype)[0]
+    log.write({"step": 0, "eval/pair_accuracy": acc0})
+    print0(runtime.format_line({"step": 0, "held-out pair accuracy": acc0}))
+    step, bar = 0, tqdm(total=total, desc="reward model", dynamic_ncols=True)
+    for epoch in range(args.epochs):
+        order = torch.randperm(len(pairs), generator=batch_gen).tolist()
+        for b in range(steps_per_epoch):
+            batch = [pairs[k] for k in order[b * args.batch_size:(b + 1) * args.batch_size]]
+            lr = lr_at(step, total, args)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            r_c, r_r = pair_rewards(model, batch, tokenizer, device, dtype)
+            loss, stats = bradley_terry_loss(r_c, r_r, args.margin, args.center_coef)
+            if not math.isfinite(loss.item()):
+                raise RunError(f"loss became {loss.item()} at step {step + 1}; lower --lr (now {args.lr})")
+            loss.backward()
+            if args.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            record = {"step": step, "epoch": epoch + 1, "loss": loss.item(), **stats, "lr": lr}
+            if b == steps_per_epoch - 1:
+                held_out_eval = evaluate_pairs(model, held_out, tokenizer, args, device, dtype)
+                record["eval/pair_accuracy"] = held_out_eval[0]
+            log.write(record)
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.2f}")
+            if step % args.log_every == 0 or "eval/pair_accuracy" in record:
+                bar.write(runtime.format_line(record))
+    bar.close()
+    return acc0, held_out_eval
+
+
+def write_plot(args, metrics):
+    train_steps = [m for m in metrics if "accuracy" in m]
+    evals_ = [m for m in metrics if "eval/pair_accuracy" in m]
+    runtime.plot_lines(os.path.join(args.out, "rm_accuracy.png"), {
+        "train pairs (per step)": ([m["step"] for m in train_steps], [m["accuracy"] for m in train_steps]),
+        "held-out pairs (per epoch)": ([m["step"] for m in evals_], [m["eval/pair_accuracy"] for m in evals_])},
+        "Reward model pair accuracy", "step", "accuracy 1[r_chosen > r_rejected]")
+
+
+def main(argv=None):
+    t_start = time.time()
+    args = parse_args(argv)
+    device = runtime.pick_device(args.device)
+    dtype, why = runtime.pick_dtype(device, args.dtype)
+    runtime.seed_everything(args.seed)
+    print0(f"device {device} | dtype {str(dtype).replace('torch.', '')} ({why})")
+    runtime.require_run_dir(args.init)
+    if args.shift_init:
+        runtime.require_run_dir(args.shift_init)
+    policy, tokenizer, init_config = runtime.load_run(args.init, device)
+    os.makedirs(args.out, exist_ok=True)
+    pairs, held_out, data_stats = load_pairs(args, policy, tokenizer, device, dtype)
+
+    model = ScalarModel.from_gpt(policy)
+    config = {"script": "train_rm.py", "kind": "reward_model", "init": args.init, "args": vars(args),
+              "model": model.config.to_dict(), "init_script": init_config.get("script")}
+    runtime.write_json(os.path.join(args.out, "config.json"), config)
+    log = runtime.MetricsLog(os.path.join(args.out, "metrics.jsonl"))
+    print0(f"reward model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters | "
+           f"{len(pairs)} train pairs | {len(held_out)} held-out pairs | {args.epochs} epochs")
+    acc0, (acc, r_c, r_r) = train(model, pairs, held_out, tokenizer, args, device, dtype, log)
+
+    # bias trick: held-out (reference) responses score 0 on average; differences are unchanged
+    shift = torch.cat([r_c, r_r]).mean().item()
+    with torch.no_grad():
+        model.head.bias -= shift
+    r_c, r_r = r_c - shift, r_r - shift
+    train_acc = evaluate_pairs(model, pairs, tokenizer, args, device, dtype)[0]
+    result = {"pair_accuracy": acc, "pair_accuracy_at_init": acc0, "train_pair_accuracy": train_acc,
+              "n_pairs": len(pairs), "n_eval_pairs": len(held_out), "label_noise": args.label_noise,
+              "mean_eval_margin": (r_c - r_r).mean().item(), "score_std": torch.cat([r_c, r_r]).std().item(),
+              "bias_shift": -shift, **data_stats}
+    if not args.prefs:  # held-out accuracy split by what separates the pair
+        by_correctness = torch.tensor([abs(p.gold_gap) >= 0.5 for p in held_out])
+        hits = r_c > r_r
+        for name, sel in (("correctness", by_correctness), ("quality_only", ~by_correctness)):
+            result[f"pair_accuracy_{name}"] = hits[sel].float().mean().item() if sel.any() else None
+            result[f"n_eval_pairs_{name}"] = int(sel.sum())
+    if args.shift_init:
+        shifted_policy, shifted_tok, _ = runtime.load_run(args.shift_init, device)
+        if shifted_tok.to_json() != tokenizer.to_json():
+            raise RunError(f"--shift-init {args.shift_init} uses a different tokenizer from --init {args.init}")
+        problems = problem_set("test", args.n_eval_prompts, seed=args.seed)
+        shifted, shifted_stats = sample_pairs(shifted_policy, tokenizer, problems, args, 0.0, args.seed + 2,
+                                              device, dtype, "sample shifted")
+        if not shifted:
+            raise no_pairs_error("shifted held-out")
+        result["pair_accuracy_shifted"] = evaluate_pairs(model, shifted, tokenizer, args, device, dtype)[0]
+        result["n_shifted_pairs"] = len(shifted)
+        result["shifted_sample_accuracy"] = shifted_stats["sample_accuracy"]
+    result["seconds"] = round(time.time() - t_start, 1)
+
+    save_scalar_model(args.out, model, tokenizer, config)
+    runtime.write_json(os.path.join(args.out, "eval.json"), result)
+    with open(os.path.join(args.out, "metrics.jsonl")) as f:
+        write_plot(args, [json.loads(line) for line in f])
+    print0(runtime.format_line({k: v for k, v in result.items() if k in (
+        "pair_accuracy", "pair_accuracy_at_init", "train_pair_accuracy", "pair_accuracy_shifted",
+        "n_pairs", "n_eval_pairs", "label_noise", "seconds")}))
+    print0(f"wrote {args.out}/ (model.pt, config.json, tokenizer.json, eval.json, rm_accuracy.png)")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (RunError, data.DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
