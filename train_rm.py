@@ -46,10 +46,10 @@ from nanorl.tasks import problem_set
 PRESETS = {
     # about 2.5 minutes on a 2-core CPU, sampling included (one epoch: a second one overfits)
     "tiny": dict(n_prompts=384, n_eval_prompts=128, samples_per_prompt=4, max_new_tokens=128, epochs=1,
-                 batch_size=16, lr=1e-3, warmup_steps=5, sample_batch=32),
+                 batch_size=16, lr=1e-3, warmup_steps=5, sample_batch=32, eval_every=24),
     # seconds; for the smoke tests
     "test": dict(n_prompts=16, n_eval_prompts=16, samples_per_prompt=4, max_new_tokens=48, epochs=1,
-                 batch_size=4, lr=1e-3, warmup_steps=1, sample_batch=8),
+                 batch_size=4, lr=1e-3, warmup_steps=1, sample_batch=8, eval_every=0),
 }
 
 
@@ -79,6 +79,7 @@ def parse_args(argv=None):
     p.add_argument("--grad-clip", type=float, default=1.0, help="max global gradient norm (0 = off)")
     p.add_argument("--margin", type=float, default=0.0, help="BT margin: loss -log sigmoid(r_c - r_r - margin)")
     p.add_argument("--center-coef", type=float, default=0.0, help="weight of the centring term E[(r_c + r_r)^2]")
+    p.add_argument("--eval-every", type=int, help="steps between held-out evaluations (0: end of each epoch only)")
     p.add_argument("--log-every", type=int, default=1, help="steps between printed log lines")
     p.add_argument("--seed", type=int, default=1337, help="seed for problems, sampling, labels and batches")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
@@ -159,7 +160,8 @@ def load_pairs(args, policy, tokenizer, device, dtype):
     flipped = sum(p.gold_gap < 0 for p in pairs)
     print0(f"policy samples: accuracy {stats['sample_accuracy']:.3f} | truncated {stats['truncated_share']:.3f} "
            f"| {len(pairs)} train pairs ({flipped} flipped) | {len(held_out)} held-out pairs")
-    return pairs, held_out, {"source": "simulated", "n_flipped": flipped, **stats}
+    return pairs, held_out, {"source": "simulated", "n_flipped": flipped, **stats,
+                             "eval_sample_accuracy": eval_stats["sample_accuracy"]}
 
 
 # ----------------------------------------------------------------------------- training
@@ -167,7 +169,7 @@ def load_pairs(args, policy, tokenizer, device, dtype):
 def pair_rewards(model, pairs, tokenizer, device, dtype):
     """(r_chosen, r_rejected) of a batch of pairs, from one forward over 2B rows."""
     with runtime.autocast(device, dtype):
-        rewards = score(model, pairs_to_generation(pairs, tokenizer.pad_id, device))
+        rewards = score(model, pairs_to_generation(pairs, tokenizer.eos_id, tokenizer.pad_id, device))
     return rewards[:len(pairs)], rewards[len(pairs):]
 
 
@@ -218,7 +220,7 @@ def train(model, pairs, held_out, tokenizer, args, device, dtype, log):
             optimizer.zero_grad(set_to_none=True)
             step += 1
             record = {"step": step, "epoch": epoch + 1, "loss": loss.item(), **stats, "lr": lr}
-            if b == steps_per_epoch - 1:
+            if b == steps_per_epoch - 1 or (args.eval_every and step % args.eval_every == 0):
                 held_out_eval = evaluate_pairs(model, held_out, tokenizer, args, device, dtype)
                 record["eval/pair_accuracy"] = held_out_eval[0]
             log.write(record)
@@ -235,7 +237,7 @@ def write_plot(args, metrics):
     evals_ = [m for m in metrics if "eval/pair_accuracy" in m]
     runtime.plot_lines(os.path.join(args.out, "rm_accuracy.png"), {
         "train pairs (per step)": ([m["step"] for m in train_steps], [m["accuracy"] for m in train_steps]),
-        "held-out pairs (per epoch)": ([m["step"] for m in evals_], [m["eval/pair_accuracy"] for m in evals_])},
+        "held-out pairs": ([m["step"] for m in evals_], [m["eval/pair_accuracy"] for m in evals_])},
         "Reward model pair accuracy", "step", "accuracy 1[r_chosen > r_rejected]")
 
 

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from nanorl import runtime
 from nanorl.data import DataError, iter_jsonl
-from nanorl.engine import Generation, left_pad, positions_of
+from nanorl.engine import Generation, pack, positions_of
 from nanorl.gpt import GPT, GPTConfig
 
 
@@ -107,15 +107,11 @@ class Pair:
     gold_gap: float = math.nan  # gold(chosen) - gold(rejected) before label noise (nan: unknown)
 
 
-def pairs_to_generation(pairs: list[Pair], pad_id: int, device="cpu") -> Generation:
+def pairs_to_generation(pairs: list[Pair], eos_id: int, pad_id: int, device="cpu") -> Generation:
     """One batch of 2B rows: the B chosen responses, then the B rejected ones (same prompts)."""
-    responses = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    prompt, prompt_mask = left_pad([p.prompt for p in pairs] * 2, pad_id, device)
-    width = max(len(r) for r in responses)
-    tokens = torch.tensor([r + [pad_id] * (width - len(r)) for r in responses], device=device)
-    mask = torch.tensor([[True] * len(r) + [False] * (width - len(r)) for r in responses], device=device)
-    ended = torch.ones(len(responses), dtype=torch.bool, device=device)  # unused by score()
-    return Generation(prompt, prompt_mask, tokens, torch.zeros(tokens.shape, device=device), mask, ended)
+    prompts = [p.prompt for p in pairs] * 2
+    return pack(prompts, [p.chosen for p in pairs] + [p.rejected for p in pairs], eos_id=eos_id, pad_id=pad_id,
+                device=device)
 
 
 def read_preferences(path: str, tokenizer, block_size: int) -> list[Pair]:

@@ -76,7 +76,7 @@ def test_score_ignores_left_and_right_padding():
         scores = [score(model, padded(prompt, response, left, right)).item()
                   for left, right in [(0, 0), (3, 0), (0, 5), (7, 2)]]
         # a batch whose rows have different lengths gives each row its own score
-        batch = pairs_to_generation([Pair(prompt, response, [6, 1]), Pair([0, 3], [9, 9, 9, 9, 9, 1], [4, 1])], 2)
+        batch = pairs_to_generation([Pair(prompt, response, [6, 1]), Pair([0, 3], [9, 9, 9, 9, 9, 1], [4, 1])], eos_id=1, pad_id=2)
         batched = score(model, batch)
     assert max(scores) - min(scores) < 1e-5
     assert batched[0].item() == pytest.approx(scores[0], abs=1e-5)
@@ -118,7 +118,7 @@ def test_save_and_load_round_trip_gives_identical_scores(tmp_path, pretrained_ru
         model.head.bias.fill_(0.25)
     save_scalar_model(str(tmp_path / "rm"), model, tokenizer, {"model": config.to_dict(), "kind": "reward_model"})
     loaded, tok2, cfg = load_scalar_model(str(tmp_path / "rm"))
-    batch = pairs_to_generation([Pair([0, 40, 41], [50, 51, 1], [60, 1]), Pair([0, 42], [43, 1], [44, 45, 46])], 2)
+    batch = pairs_to_generation([Pair([0, 40, 41], [50, 51, 1], [60, 1]), Pair([0, 42], [43, 1], [44, 45, 46])], eos_id=1, pad_id=2)
     with torch.no_grad():
         assert torch.equal(score(model.eval(), batch), score(loaded, batch))
     assert cfg["kind"] == "reward_model" and tok2.vocab_size == tokenizer.vocab_size
