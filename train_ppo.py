@@ -31,7 +31,6 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from nanorl import algos, evals, rl, runtime, tasks, verifier
-from nanorl.data import DataError
 from nanorl.engine import pack
 from nanorl.reward import Pair, ScalarModel, load_scalar_model, read_preferences, score
 from nanorl.runtime import RunError, print0
@@ -410,8 +409,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (RunError, DataError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    runtime.run_cli(main)

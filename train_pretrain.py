@@ -290,8 +290,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (RunError, data.DataError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    runtime.run_cli(main)

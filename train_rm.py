@@ -30,13 +30,12 @@ import json
 import math
 import os
 import random
-import sys
 import time
 
 import torch
 from tqdm import tqdm
 
-from nanorl import data, evals, runtime, verifier
+from nanorl import evals, runtime, verifier
 from nanorl.engine import generate
 from nanorl.reward import (Pair, ScalarModel, bradley_terry_loss, gold_reward, pairs_to_generation,
                            preference_pairs, read_preferences, save_scalar_model, score)
@@ -305,8 +304,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (RunError, data.DataError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    runtime.run_cli(main)

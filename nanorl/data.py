@@ -53,6 +53,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from nanorl.runtime import RunError
+
 SYNTHETIC = ("tinygsm", "omi1", "omi2", "finemath")  # produced by tasks.synthetic_documents
 FIELDS = {  # JSONL field mapping: document = "\n\n".join(row[f] for f in fields)
     "tinygsm": ("question", "code"),
@@ -68,7 +70,7 @@ CACHE_VERSION = 1  # bump when the cache layout changes
 ENCODE_CHUNK = 1024  # documents per encode_batch call
 
 
-class DataError(ValueError):
+class DataError(RunError, ValueError):
     """A bad mixture spec or data file; the message names what and where."""
 
 

@@ -26,6 +26,16 @@ class RunError(RuntimeError):
     """A problem with the user's inputs: printed as one clear line, no traceback needed."""
 
 
+def run_cli(main):
+    """Run a script's main(); a RunError (bad flag, file, run directory) exits 2 with one line."""
+    import sys
+    try:
+        main()
+    except RunError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
 # ----------------------------------------------------------------------------- device
 
 def pick_device(name: str = "auto") -> str:

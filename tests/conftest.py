@@ -28,3 +28,18 @@ def pretrained_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("pretrain")
     run_script("train_pretrain.py", "--preset", "test", "--out", str(out))
     return out
+
+
+def sharp_gpt(**config):
+    """A tiny random GPT with weights large enough that its distributions are far from uniform:
+    at GPT-2's 0.02 init every distribution is nearly flat, top-k/top-p barely bite and greedy
+    decoding just repeats the last token, so tests would prove little."""
+    from nanorl.gpt import GPT, GPTConfig
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**config)).eval()
+    with torch.no_grad():
+        torch.nn.init.normal_(model.wte.weight, std=0.5)
+        for p in model.blocks.parameters():
+            if p.dim() == 2:
+                torch.nn.init.normal_(p, std=0.3)
+    return model

@@ -4,7 +4,6 @@ import json
 import math
 
 import pytest
-import torch
 
 from nanorl import bench
 

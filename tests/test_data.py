@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from nanorl import data
 from nanorl.data import DataError, Source, build_token_cache, get_batch, load_documents, parse_mixture
 from nanorl.tokenizer import Tokenizer
 

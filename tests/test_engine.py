@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from nanorl.engine import Generation, filter_logits, generate, left_pad, naive_generate, sequence_logprobs
-from nanorl.gpt import GPT, GPTConfig
+from conftest import sharp_gpt
 
 
 PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11], [12, 13, 14, 15, 16]]  # four different lengths
@@ -14,16 +14,7 @@ NEW = 16
 
 @pytest.fixture(scope="module")
 def model():
-    """A tiny random GPT with larger weights than GPT-2 init: at 0.02 every distribution is almost
-    uniform, top-k/top-p barely bite and greedy decoding just repeats the last token."""
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=60, block_size=64, n_layer=2, n_head=2, n_embd=32)).eval()
-    with torch.no_grad():
-        torch.nn.init.normal_(model.wte.weight, std=0.5)
-        for p in model.blocks.parameters():
-            if p.dim() == 2:
-                torch.nn.init.normal_(p, std=0.3)
-    return model
+    return sharp_gpt(vocab_size=60, block_size=64, n_layer=2, n_head=2, n_embd=32)
 
 
 def sample(model, eos_id, seed=0, n_samples=3, **kwargs):

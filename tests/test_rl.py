@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
+from conftest import sharp_gpt
 from nanorl import rl
 from nanorl.engine import generate, pack, positions_of, sequence_logprobs
-from nanorl.gpt import GPT, GPTConfig
 
 EOS, PAD = 2, 0
 
@@ -27,15 +27,7 @@ def with_garbage(x: torch.Tensor, mask: torch.Tensor, seed: int) -> torch.Tensor
 
 @pytest.fixture(scope="module")
 def model():
-    """The tiny GPT, with weights large enough that its distributions are far from uniform."""
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=40, block_size=64, n_layer=1, n_head=2, n_embd=16))
-    with torch.no_grad():
-        torch.nn.init.normal_(model.wte.weight, std=0.5)
-        for p in model.blocks.parameters():
-            if p.dim() == 2:
-                torch.nn.init.normal_(p, std=0.3)
-    return model
+    return sharp_gpt(vocab_size=40, block_size=64, n_layer=1, n_head=2, n_embd=16)
 
 
 # ----------------------------------------------------------------------------- KL, statistics
