@@ -1,10 +1,13 @@
 """train_ppo.py end to end on the `test` preset: every --algo, the RM reward, resume, errors."""
 
 import json
+import os
+import shutil
+import subprocess
 
 import pytest
 
-from conftest import run_script
+from conftest import ROOT, run_script
 
 ALGOS = ["ppo", "grpo", "ei", "online_dpo", "dpo", "sft"]
 
@@ -82,3 +85,20 @@ def test_clear_errors(pretrained_run, tmp_path):
     proc = run_script("train_ppo.py", "--init", str(pretrained_run), "--prompts", str(bad), "--preset", "test",
                       "--out", str(tmp_path / "p"), check=False)
     assert proc.returncode == 2 and "gsm8k.jsonl, line 2" in proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+def test_ddp_two_cpu_processes(pretrained_run, tmp_path, algo):
+    out = tmp_path / f"ddp_{algo}"
+    proc = subprocess.run(["torchrun", "--standalone", "--nproc_per_node=2", "train_ppo.py", "--init", str(pretrained_run),
+                           "--algo", algo, "--preset", "test", "--out", str(out), "--max-steps", "1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [0, 1]
+    # both ranks' samples are counted: 2 prompts x 2 samples over 2 ranks -> shares in quarters
+    assert all(abs(metrics[1][f"share/{f}"] * 4 - round(metrics[1][f"share/{f}"] * 4)) < 1e-9
+               for f in ("tinygsm", "omi1", "omi2", "none"))
+    assert json.loads((out / "config.json").read_text())["world_size"] == 2
