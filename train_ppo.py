@@ -41,7 +41,7 @@ PRESETS = {
     "tiny": dict(max_steps=60, prompts_per_step=16, samples=8, lr=1e-4, n_train_prompts=2000, n_eval=200,
                  eval_samples=4, eval_every=20, max_new_tokens=128),
     # GPU: the paper's 64 prompts x 8 samples
-    "gpu": dict(max_steps=500, prompts_per_step=64, samples=8, lr=1e-6 * 5, n_train_prompts=20000, n_eval=1000,
+    "gpu": dict(max_steps=500, prompts_per_step=64, samples=8, lr=5e-6, n_train_prompts=20000, n_eval=1000,
                 eval_samples=16, eval_every=50, max_new_tokens=256),
     # seconds; for the smoke tests
     "test": dict(max_steps=2, prompts_per_step=2, samples=2, lr=1e-4, n_train_prompts=20, n_eval=4,
