@@ -230,10 +230,10 @@ class Trainer:
 
     def step(self, step: int) -> tuple[dict, algos.Rollout | None]:
         args, cfg = self.args, self.cfg
-        ids, problems = step_problems(self.pool, step, args, self.info)
         with runtime.autocast(self.device, self.dtype):
             if args.algo in ("dpo", "sft"):
                 return self.offline_step(step), None
+            ids, problems = step_problems(self.pool, step, args, self.info)
             batch = self.sample(problems, args.samples, 1.0 if args.algo == "ei" else args.temperature)
             if args.algo == "ppo":
                 stats = algos.ppo_step(self.train_policy, self.ref, self.train_value, self.optimizer, batch, cfg)

@@ -6,7 +6,7 @@ DPO / online DPO and SFT. The maths lives in rl.py; rollouts come from the engin
                  epochs x minibatches of clipped policy + clipped value losses
     grpo_step    group-normalised advantages, clipped token objective + k3 KL in the loss,
                  "dapo" aggregation (token sum / tokens in the minibatch: micro-batch invariant)
-    ei_round     sample k, keep verified-correct, drop duplicates, SFT on response tokens
+    (EI)         sample k, keep verified-correct (rl.dedupe_correct), SFT with sft_step
     dpo_step     sigmoid / IPO loss on (chosen, rejected) rows against the frozen reference
     sft_step     cross-entropy on chosen responses only
 
@@ -172,15 +172,6 @@ def sft_step(policy, optimizer, gen: Generation, cfg: RLConfig) -> dict:
         loss.backward()
         losses.append(loss.item())
     return {"sft_loss": sum(losses), "grad_norm": _step(optimizer, params, cfg.grad_clip)}
-
-
-def expert_iteration_data(batch: Rollout, problem_ids: list[int]) -> Generation | None:
-    """Verified-correct, de-duplicated rows of a rollout (the EI filter); None if nothing survives."""
-    ids = [problem_ids[i // batch.group_size] for i in range(len(batch.texts))]
-    keep = rl.dedupe_correct(ids, batch.gen.responses(), batch.correct.bool().tolist())
-    if not keep:
-        return None
-    return batch.gen[torch.tensor(keep, device=batch.gen.tokens.device)]
 
 
 def dpo_step(policy, ref, optimizer, chosen: Generation, rejected: Generation, cfg: RLConfig) -> dict:
