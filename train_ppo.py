@@ -32,10 +32,11 @@ from tqdm import tqdm
 
 from nanorl import algos, evals, rl, runtime, tasks, verifier
 from nanorl.engine import pack
-from nanorl.reward import Pair, ScalarModel, load_scalar_model, read_preferences, score
-from nanorl.runtime import RunError, print0
+from nanorl.reward import Pair, load_scalar_model, read_preferences, score, value_model
+from nanorl.runtime import RunError, non_negative_float, positive_float, positive_int, print0
 
 ALGOS = ("ppo", "grpo", "ei", "dpo", "online_dpo", "sft")
+RM_KL_COEF = 0.02  # InstructGPT's order of magnitude: with a learned reward, beta = 0 invites reward hacking
 PRESETS = {
     # CPU, minutes: 16 prompts x 8 samples per step
     "tiny": dict(max_steps=60, prompts_per_step=16, samples=8, lr=1e-4, n_train_prompts=2000, n_eval=200,
@@ -58,44 +59,52 @@ def parse_args(argv=None):
     p.add_argument("--reward", default="verifier", choices=("verifier", "rm"), help="reward source")
     p.add_argument("--rm", help="reward-model run directory (train_rm.py --out), with --reward rm")
     p.add_argument("--prompts", help="GSM8K-format JSONL of training prompts (default: the synthetic world)")
-    p.add_argument("--min-difficulty", type=int, default=1, help="easiest training problems (steps)")
-    p.add_argument("--max-difficulty", type=int, default=4, help="hardest training problems (steps)")
-    p.add_argument("--eval-max-difficulty", type=int, default=4, help="hardest held-out problems")
-    p.add_argument("--max-steps", type=int, help="policy updates (EI: rounds)")
-    p.add_argument("--prompts-per-step", type=int, help="prompts per rollout (over all ranks)")
-    p.add_argument("--samples", type=int, help="responses per prompt (GRPO group size, EI k, online DPO K)")
-    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of rollouts")
-    p.add_argument("--lr", type=float, help="AdamW learning rate")
-    p.add_argument("--kl-coef", type=float, default=0.0, help="beta: KL-to-reference coefficient (k1 in PPO's reward, k3 in GRPO's loss)")
-    p.add_argument("--clip", type=float, default=0.2, help="ratio clip epsilon")
-    p.add_argument("--value-clip", type=float, default=0.2, help="PPO value clip")
-    p.add_argument("--vf-coef", type=float, default=0.5, help="PPO value-loss weight")
-    p.add_argument("--lam", type=float, default=0.95, help="GAE lambda (gamma is 1)")
-    p.add_argument("--epochs", type=int, default=2, help="passes over each rollout (PPO/GRPO) or over kept samples (EI)")
-    p.add_argument("--minibatches", type=int, default=2, help="optimizer steps per epoch")
-    p.add_argument("--micro-batch", type=int, default=64, help="rows per forward/backward (memory only: results do not change)")
-    p.add_argument("--aggregation", default="dapo", choices=("dapo", "grpo", "dr_grpo"), help="GRPO loss aggregation")
-    p.add_argument("--missing-eos-penalty", type=float, default=1.0, help="subtracted from the score of truncated responses (PPO)")
+    p.add_argument("--min-difficulty", type=positive_int, default=1, help="easiest training problems (steps)")
+    p.add_argument("--max-difficulty", type=positive_int, default=4, help="hardest training problems (steps)")
+    p.add_argument("--eval-max-difficulty", type=positive_int, default=4, help="hardest held-out problems")
+    p.add_argument("--max-steps", type=positive_int, help="policy updates (EI: rounds)")
+    p.add_argument("--prompts-per-step", type=positive_int, help="prompts per rollout (over all ranks)")
+    p.add_argument("--samples", type=positive_int, help="responses per prompt (GRPO group size, EI k, online DPO K)")
+    p.add_argument("--temperature", type=positive_float, default=0.7, help="sampling temperature of rollouts")
+    p.add_argument("--lr", type=positive_float, help="AdamW learning rate")
+    p.add_argument("--kl-coef", type=non_negative_float, default=None,
+                   help="beta: KL-to-reference coefficient (k1 in PPO's reward, k3 in GRPO's loss); default 0 with "
+                        f"the verifier's reward, {RM_KL_COEF} with --reward rm (a learned reward invites hacking)")
+    p.add_argument("--clip", type=non_negative_float, default=0.2, help="ratio clip epsilon")
+    p.add_argument("--value-clip", type=non_negative_float, default=0.2, help="PPO value clip")
+    p.add_argument("--vf-coef", type=non_negative_float, default=0.5, help="PPO value-loss weight")
+    p.add_argument("--lam", type=non_negative_float, default=0.95, help="GAE lambda (gamma is 1)")
+    p.add_argument("--epochs", type=positive_int, default=2, help="passes over each rollout (PPO/GRPO) or over kept samples (EI)")
+    p.add_argument("--minibatches", type=positive_int, default=2, help="optimizer steps per epoch")
+    p.add_argument("--micro-batch", type=positive_int, default=64,
+                   help="rows per forward/backward in every update (memory only: results do not change)")
+    p.add_argument("--ei-batch", type=positive_int, default=64, help="EI: kept samples per optimizer step")
+    p.add_argument("--aggregation", default="dapo", choices=rl.AGGREGATIONS,
+                   help="GRPO loss: dapo = token sum / minibatch tokens; grpo = the paper's per-sequence mean; "
+                        "dr_grpo = token sum / (sequences x max length) AND advantages not divided by the group std")
+    p.add_argument("--missing-eos-penalty", type=non_negative_float, default=1.0, help="subtracted from the score of truncated responses (PPO)")
     p.add_argument("--ei-restart", action="store_true", help="EI: restart each round from the base model, SFT on all kept samples")
     p.add_argument("--prefs", help="dpo / sft: local preference JSONL (prompt, chosen, rejected) instead of "
                    "pairs sampled from the initial policy")
-    p.add_argument("--dpo-beta", type=float, default=0.1, help="DPO beta")
+    p.add_argument("--dpo-beta", type=positive_float, default=0.1, help="DPO beta")
     p.add_argument("--dpo-kind", default="sigmoid", choices=("sigmoid", "ipo"), help="DPO loss")
-    p.add_argument("--n-train-prompts", type=int, help="size of the synthetic training-prompt pool")
-    p.add_argument("--n-eval", type=int, help="held-out problems for evaluation")
-    p.add_argument("--eval-samples", type=int, help="k of pass@k / maj@k")
-    p.add_argument("--eval-every", type=int, help="steps between held-out evaluations")
-    p.add_argument("--max-new-tokens", type=int, help="longest response")
-    p.add_argument("--ckpt-every", type=int, default=20, help="steps between checkpoints")
+    p.add_argument("--n-train-prompts", type=positive_int, help="size of the synthetic training-prompt pool")
+    p.add_argument("--n-eval", type=positive_int, help="held-out problems for evaluation")
+    p.add_argument("--eval-samples", type=positive_int, help="k of pass@k / maj@k")
+    p.add_argument("--eval-every", type=positive_int, help="steps between held-out evaluations")
+    p.add_argument("--max-new-tokens", type=positive_int, help="longest response")
+    p.add_argument("--ckpt-every", type=positive_int, default=20, help="steps between checkpoints")
     p.add_argument("--seed", type=int, default=1337, help="seed for prompts, sampling and updates")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--dtype", default="auto", help="auto | fp32 | bf16 (autocast)")
     p.add_argument("--resume", action="store_true", help="continue from --out/ckpt.pt")
-    p.add_argument("--stop-after", type=int, default=None, help="save a checkpoint and exit after this step")
+    p.add_argument("--stop-after", type=positive_int, default=None, help="save a checkpoint and exit after this step")
     args = p.parse_args(argv)
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.kl_coef is None:
+        args.kl_coef = RM_KL_COEF if args.reward == "rm" else 0.0
     if args.reward == "rm" and not args.rm:
         p.error("--reward rm needs --rm DIR (a train_rm.py run directory)")
     if args.min_difficulty > args.max_difficulty:
@@ -163,8 +172,8 @@ def build_models(args, device, info):
             raise RunError(f"--rm {args.rm} uses a different tokenizer from --init {args.init}; "
                            "train the reward model from the same pretrained run")
         reward_model.requires_grad_(False).eval()
-    if args.algo == "ppo":  # the value model starts from the reward model when there is one
-        value = ScalarModel.from_gpt(reward_model.backbone if reward_model is not None else policy).to(device)
+    if args.algo == "ppo":
+        value = value_model(policy, reward_model)
     params = list(policy.parameters()) + (list(value.parameters()) if value is not None else [])
     optimizer = torch.optim.AdamW(params, lr=args.lr, eps=1e-5, weight_decay=0.0)
     return policy, ref, value, reward_model, tokenizer, optimizer, init_config
@@ -222,6 +231,9 @@ class Trainer:
         self.sampler = torch.Generator(device=device).manual_seed(args.seed * 1000 + info.rank)
         self.ei_data, self.pairs = [], None
 
+    def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        return runtime.all_reduce_sum(t, self.info)
+
     def sample(self, problems, n_samples, temperature):
         with runtime.autocast(self.device, self.dtype):
             return algos.rollout(self.policy, self.tokenizer, problems, n_samples=n_samples, temperature=temperature,
@@ -236,10 +248,11 @@ class Trainer:
             ids, problems = step_problems(self.pool, step, args, self.info)
             batch = self.sample(problems, args.samples, 1.0 if args.algo == "ei" else args.temperature)
             if args.algo == "ppo":
-                stats = algos.ppo_step(self.train_policy, self.ref, self.train_value, self.optimizer, batch, cfg)
+                stats = algos.ppo_step(self.train_policy, self.ref, self.train_value, self.optimizer, batch, cfg,
+                                       self.info.world_size, self.all_reduce)
             elif args.algo == "grpo":
                 stats = algos.grpo_step(self.train_policy, self.ref, self.optimizer, batch, cfg, self.info.world_size,
-                                        lambda t: runtime.all_reduce_sum(t, self.info))
+                                        self.all_reduce)
             elif args.algo == "ei":
                 stats = self.expert_iteration(batch, ids)
             else:
@@ -258,8 +271,8 @@ class Trainer:
         records = []
         for _ in range(self.args.epochs):
             order = torch.randperm(len(kept)).tolist()
-            for chunk in range(0, len(kept), self.args.micro_batch):
-                rows = packed([kept[i] for i in order[chunk:chunk + self.args.micro_batch]], self.tokenizer, self.device)
+            for chunk in range(0, len(kept), self.args.ei_batch):
+                rows = packed([kept[i] for i in order[chunk:chunk + self.args.ei_batch]], self.tokenizer, self.device)
                 records.append(algos.sft_step(self.train_policy, self.optimizer, rows, self.cfg))
         return {**(algos.mean_stats(records) if records else {}), "ei_kept": len(kept)}
 
@@ -376,6 +389,10 @@ def main(argv=None):
             record = {"step": step + 1, **(rollout_stats(batch, info) if batch is not None else {}), **stats,
                       "time": time.perf_counter() - t0}
             if (step + 1) % args.eval_every == 0 or step + 1 == args.max_steps:
+                if batch is not None and "kl_ref" not in record:  # beta = 0 skips it in the update
+                    with runtime.autocast(device, dtype):
+                        kl = {"kl_ref": algos.kl_to_reference(trainer.ref, batch)}
+                    record.update(algos.rank_mean(kl, info.world_size, trainer.all_reduce))
                 if info.is_main:
                     record.update(eval_record(evaluate(trainer.policy, trainer.tokenizer, eval_problems, args,
                                                        device, dtype)))

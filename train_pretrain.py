@@ -26,7 +26,8 @@ from tqdm import tqdm
 
 from nanorl import data, evals, runtime
 from nanorl.gpt import GPT, GPTConfig
-from nanorl.runtime import RunError, print0
+from nanorl.runtime import (RunError, non_negative_float, non_negative_int, positive_float, positive_int,
+                            print0)
 from nanorl.tasks import problem_set
 from nanorl.tokenizer import Tokenizer
 
@@ -56,34 +57,36 @@ def parse_args(argv=None):
     p.add_argument("--out", default="runs/pretrain", help="run directory to write")
     p.add_argument("--mixture", default="tinygsm=1,omi1=1,omi2=1,finemath=1",
                    help="sources and repeat counts, e.g. 'tinygsm=1,omi1=4' or 'omi2=data/omi2.jsonl:2'")
-    p.add_argument("--docs-per-source", type=int, help="documents per unit weight of a synthetic source")
-    p.add_argument("--vocab-size", type=int, help="BPE vocabulary size (incl. bytes and special tokens)")
-    p.add_argument("--n-layer", type=int, help="transformer blocks")
-    p.add_argument("--n-head", type=int, help="attention heads")
-    p.add_argument("--n-embd", type=int, help="model width")
-    p.add_argument("--block-size", type=int, help="context length in tokens")
-    p.add_argument("--batch-size", type=int, help="sequences per micro-batch per rank")
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    p.add_argument("--max-steps", type=int, help="optimizer steps")
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--min-lr-frac", type=float, default=0.1, help="final lr as a fraction of the peak")
-    p.add_argument("--warmup-steps", type=int, help="linear warm-up steps")
-    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay on matrices")
-    p.add_argument("--grad-clip", type=float, default=1.0, help="max global gradient norm (0 = off)")
-    p.add_argument("--eval-every", type=int, help="steps between validation-loss evaluations")
-    p.add_argument("--val-batches", type=int, default=8, help="batches per source for validation loss")
-    p.add_argument("--n-eval", type=int, help="held-out problems for the final evaluation")
-    p.add_argument("--eval-samples", type=int, help="samples per problem for pass@k / sampled shares")
-    p.add_argument("--eval-temperature", type=float, default=0.7, help="temperature of the sampled evaluation")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="longest generated solution")
-    p.add_argument("--log-every", type=int, default=1, help="steps between printed log lines (all go to metrics.jsonl)")
-    p.add_argument("--ckpt-every", type=int, default=500, help="steps between checkpoints")
+    p.add_argument("--docs-per-source", type=positive_int, help="documents per unit weight of a synthetic source")
+    p.add_argument("--vocab-size", type=positive_int, help="BPE vocabulary size (incl. bytes and special tokens)")
+    p.add_argument("--n-layer", type=positive_int, help="transformer blocks")
+    p.add_argument("--n-head", type=positive_int, help="attention heads")
+    p.add_argument("--n-embd", type=positive_int, help="model width")
+    p.add_argument("--block-size", type=positive_int, help="context length in tokens")
+    p.add_argument("--batch-size", type=positive_int, help="sequences per micro-batch per rank")
+    p.add_argument("--grad-accum", type=positive_int, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--max-steps", type=positive_int, help="optimizer steps")
+    p.add_argument("--lr", type=positive_float, help="peak learning rate")
+    p.add_argument("--min-lr-frac", type=non_negative_float, default=0.1, help="final lr as a fraction of the peak")
+    p.add_argument("--warmup-steps", type=non_negative_int, help="linear warm-up steps")
+    p.add_argument("--weight-decay", type=non_negative_float, default=0.1, help="AdamW weight decay on matrices")
+    p.add_argument("--grad-clip", type=non_negative_float, default=1.0, help="max global gradient norm (0 = off)")
+    p.add_argument("--eval-every", type=positive_int, help="steps between validation-loss evaluations")
+    p.add_argument("--val-batches", type=positive_int, default=8, help="batches per source for validation loss")
+    p.add_argument("--n-eval", type=positive_int, help="held-out problems for the final evaluation")
+    p.add_argument("--eval-samples", type=positive_int, help="samples per problem for pass@k / sampled shares")
+    p.add_argument("--eval-temperature", type=non_negative_float, default=0.7,
+                   help="temperature of the sampled evaluation")
+    p.add_argument("--max-new-tokens", type=positive_int, default=None, help="longest generated solution")
+    p.add_argument("--log-every", type=positive_int, default=1,
+                   help="steps between printed log lines (all go to metrics.jsonl)")
+    p.add_argument("--ckpt-every", type=positive_int, default=500, help="steps between checkpoints")
     p.add_argument("--seed", type=int, default=1337, help="seed for data, init and sampling")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--dtype", default="auto", help="auto | fp32 | bf16 (autocast)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (static shapes)")
     p.add_argument("--resume", action="store_true", help="continue from --out/ckpt.pt exactly")
-    p.add_argument("--stop-after", type=int, default=None,
+    p.add_argument("--stop-after", type=positive_int, default=None,
                    help="save a checkpoint and exit after this step, as Ctrl-C would (for time-sliced jobs)")
     args = p.parse_args(argv)
     for key, value in PRESETS[args.preset].items():

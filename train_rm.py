@@ -1,6 +1,6 @@
 """Stage 2: preference data + a Bradley-Terry reward model on the pretrained backbone.
 
-    python train_rm.py --init runs/pretrain --out runs/rm                 # tiny preset, CPU, ~2.5 minutes
+    python train_rm.py --init runs/pretrain --out runs/rm                 # tiny preset, CPU, ~3 minutes
     python train_rm.py --init runs/pretrain --out runs/rm_noisy --label-noise 0.2
     python train_rm.py --init runs/pretrain --out runs/rm_prefs --prefs prefs.jsonl
     python train_rm.py --init runs/pretrain --out runs/rm --shift-init runs/ppo   # + shifted accuracy
@@ -14,15 +14,27 @@ Preference data, by default from simulated annotators (nanorl/reward.py):
 Held-out pairs come from held-out TEST problems the same way, never flipped: pair_accuracy is
 measured against the true gold order. --shift-init adds held-out pairs sampled from another
 policy (pair_accuracy_shifted: the distribution shift that motivates RLP).
-With --prefs FILE.jsonl ({"prompt", "chosen", "rejected"} texts) the pairs come from the file,
-and --val-fraction of them are held out.
+Calibration responses: the --init policy's samples for --n-calib-prompts more TRAINING problems
+(the ones right after the training problems in problem_set order, which train_ppo.py with the
+same seed also trains on). They are never test problems, so the normalisation below is fitted
+neither on the held-out pairs nor on train_ppo.py's evaluation problems (the first --n-eval
+test problems of the seed).
+With --prefs FILE.jsonl ({"prompt", "chosen", "rejected"} texts) the pairs come from the file;
+the file's distinct prompts are shuffled (seeded) and --val-fraction of them are held out with
+all their pairs, so no prompt is on both sides. The training pairs' chosen and rejected texts
+are the calibration responses.
 
 Training: ScalarModel.from_gpt(policy), loss -log sigmoid(r_c - r_r - margin) + c E[(r_c + r_r)^2],
-AdamW with linear warm-up and linear decay. After training the head bias is shifted so the
-held-out responses score 0 on average (the BT loss cannot see a constant shift; PPO can).
+AdamW with linear warm-up and linear decay. After training the head is normalised so the
+calibration responses score mean 0 and std 1 (as in "The N implementation details of RLHF with
+PPO"): the BT loss cannot see a constant shift, and its scale depends on how long and how
+confidently it trained, while PPO's value clip and KL coefficient assume rewards of order 1.
+r' = gain * r + bias_shift with gain > 0, so pair accuracies are unchanged; all reported scores
+and margins (mean_eval_margin, eval_score_*) are in normalised units.
 
 Writes to --out: model.pt, config.json (kind "reward_model", init), tokenizer.json,
-metrics.jsonl, eval.json and rm_accuracy.png.
+metrics.jsonl, eval.json (with reward_gain, reward_bias_shift and the calibration scores'
+mean and std before and after normalisation) and rm_accuracy.png.
 """
 
 import argparse
@@ -36,19 +48,19 @@ import torch
 from tqdm import tqdm
 
 from nanorl import evals, runtime, verifier
-from nanorl.engine import generate
+from nanorl.engine import generate, pack
 from nanorl.reward import (Pair, ScalarModel, bradley_terry_loss, gold_reward, pairs_to_generation,
                            preference_pairs, read_preferences, save_scalar_model, score)
 from nanorl.runtime import RunError, print0
 from nanorl.tasks import problem_set
 
 PRESETS = {
-    # about 2.5 minutes on a 2-core CPU, sampling included (one epoch: a second one overfits)
-    "tiny": dict(n_prompts=384, n_eval_prompts=128, samples_per_prompt=4, max_new_tokens=128, epochs=1,
-                 batch_size=16, lr=1e-3, warmup_steps=5, sample_batch=32, eval_every=24),
+    # about 3 minutes on a 2-core CPU, sampling included (one epoch: a second one overfits)
+    "tiny": dict(n_prompts=384, n_eval_prompts=128, n_calib_prompts=128, samples_per_prompt=4, max_new_tokens=128,
+                 epochs=1, batch_size=16, lr=1e-3, warmup_steps=5, sample_batch=32, eval_every=24),
     # seconds; for the smoke tests
-    "test": dict(n_prompts=16, n_eval_prompts=16, samples_per_prompt=4, max_new_tokens=48, epochs=1,
-                 batch_size=4, lr=1e-3, warmup_steps=1, sample_batch=8, eval_every=0),
+    "test": dict(n_prompts=16, n_eval_prompts=16, n_calib_prompts=8, samples_per_prompt=4, max_new_tokens=48,
+                 epochs=1, batch_size=4, lr=1e-3, warmup_steps=1, sample_batch=8, eval_every=0),
 }
 
 
@@ -58,11 +70,14 @@ def parse_args(argv=None):
     p.add_argument("--init", default="runs/pretrain", help="pretrained run directory: backbone and sampling policy")
     p.add_argument("--out", default="runs/rm", help="run directory to write")
     p.add_argument("--prefs", default=None, help="JSONL file of {prompt, chosen, rejected} texts instead of sampling")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="with --prefs: share of pairs held out")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="with --prefs: share of the distinct prompts held out, each with all its pairs")
     p.add_argument("--shift-init", default=None, help="another policy's run directory: also report held-out "
                                                       "accuracy on pairs from its samples")
     p.add_argument("--n-prompts", type=int, help="training problems to sample responses for")
     p.add_argument("--n-eval-prompts", type=int, help="held-out test problems for held-out pairs")
+    p.add_argument("--n-calib-prompts", type=int, help="more training problems whose samples set the score scale "
+                                                       "(unused with --prefs: it calibrates on the training pairs)")
     p.add_argument("--samples-per-prompt", type=int, help="responses sampled per problem (K)")
     p.add_argument("--pairs-per-prompt", type=int, default=3, help="at most this many pairs per problem")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
@@ -93,6 +108,8 @@ def parse_args(argv=None):
         raise RunError("--shift-init samples held-out pairs from a policy; it cannot be combined with --prefs")
     if args.epochs < 1 or args.batch_size < 1:
         raise RunError(f"--epochs and --batch-size must be at least 1, got {args.epochs} and {args.batch_size}")
+    if not args.prefs and args.n_calib_prompts < 1:
+        raise RunError(f"--n-calib-prompts must be at least 1, got {args.n_calib_prompts}")
     if args.samples_per_prompt < 2:
         raise RunError(f"--samples-per-prompt must be at least 2 to form pairs, got {args.samples_per_prompt}")
     return args
@@ -101,15 +118,15 @@ def parse_args(argv=None):
 # ----------------------------------------------------------------------------- preference data
 
 @torch.no_grad()
-def sample_pairs(policy, tokenizer, problems, args, label_noise, seed, device, dtype, desc):
-    """Preference pairs from the policy's samples, labelled by simulated annotators; and stats."""
+def sample_responses(policy, tokenizer, problems, args, seed, device, dtype, desc):
+    """K samples per problem from the policy: [(prompt, response) token lists], their gold rewards, and stats."""
     prompts = evals.encode_prompts(tokenizer, [p.question for p in problems])
     max_new = min(args.max_new_tokens, policy.config.block_size - max(len(p) for p in prompts))
     if max_new < 1:
         raise RunError(f"prompts of up to {max(map(len, prompts))} tokens leave no room in block_size "
                        f"{policy.config.block_size}")
-    K, generator, rng = args.samples_per_prompt, torch.Generator(device=device).manual_seed(seed), random.Random(seed)
-    pairs, correct, truncated = [], [], []
+    K, generator = args.samples_per_prompt, torch.Generator(device=device).manual_seed(seed)
+    responses, gold, correct, truncated = [], [], [], []
     for i in tqdm(range(0, len(problems), args.sample_batch), desc=desc, leave=False, dynamic_ncols=True):
         chunk = problems[i:i + args.sample_batch]
         with runtime.autocast(device, dtype):
@@ -118,14 +135,42 @@ def sample_pairs(policy, tokenizer, problems, args, label_noise, seed, device, d
         texts, rows = tokenizer.decode_batch(gen.responses()), gen.tokens.tolist()
         lengths, ended = gen.mask.sum(1).tolist(), gen.ended.tolist()
         hits = [verifier.is_correct(text, chunk[r // K].answer) for r, text in enumerate(texts)]
-        gold = [gold_reward(hits[r], lengths[r], ended[r], max_new, args.quality_coef) for r in range(len(rows))]
-        for c, r in preference_pairs(gold, K, args.pairs_per_prompt, label_noise, rng):
-            pairs.append(Pair(prompts[i + c // K], rows[c][:lengths[c]], rows[r][:lengths[r]], gold[c] - gold[r]))
+        gold += [gold_reward(hits[r], lengths[r], ended[r], max_new, args.quality_coef) for r in range(len(rows))]
+        responses += [(prompts[i + r // K], rows[r][:lengths[r]]) for r in range(len(rows))]
         correct += hits
         truncated += [not e for e in ended]
     stats = {"sample_accuracy": sum(correct) / len(correct), "truncated_share": sum(truncated) / len(truncated),
              "max_new_tokens": max_new}
+    return responses, gold, stats
+
+
+def sample_pairs(policy, tokenizer, problems, args, label_noise, seed, device, dtype, desc):
+    """Preference pairs from the policy's samples, labelled by simulated annotators; and stats."""
+    responses, gold, stats = sample_responses(policy, tokenizer, problems, args, seed, device, dtype, desc)
+    labelled = preference_pairs(gold, args.samples_per_prompt, args.pairs_per_prompt, label_noise, random.Random(seed))
+    pairs = [Pair(responses[c][0], responses[c][1], responses[r][1], gold[c] - gold[r]) for c, r in labelled]
     return pairs, stats
+
+
+def split_by_prompt(pairs: list[Pair], val_fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
+    """(train, held-out): a seeded val_fraction of the distinct prompts is held out with all its pairs,
+    so the held-out accuracy is measured on prompts the model never trained on."""
+    prompts = list(dict.fromkeys(tuple(p.prompt) for p in pairs))  # file order, so only the seed decides
+    random.Random(seed).shuffle(prompts)
+    n = len(prompts)
+    n_val = 0 if n < 2 or val_fraction <= 0 else min(n - 1, max(1, round(val_fraction * n)))
+    held_out_prompts = set(prompts[:n_val])
+    return ([p for p in pairs if tuple(p.prompt) not in held_out_prompts],
+            [p for p in pairs if tuple(p.prompt) in held_out_prompts])
+
+
+def problem_slices(args):
+    """(training, calibration, held-out) problems. Calibration takes the training-split problems
+    right after the training ones (problem_set of a larger n extends the smaller one), never
+    test problems: held-out pairs and train_ppo.py's evaluation are drawn from those."""
+    problems = problem_set("train", args.n_prompts + args.n_calib_prompts, seed=args.seed)
+    return (problems[:args.n_prompts], problems[args.n_prompts:],
+            problem_set("test", args.n_eval_prompts, seed=args.seed))
 
 
 def no_pairs_error(what: str) -> RunError:
@@ -135,19 +180,17 @@ def no_pairs_error(what: str) -> RunError:
 
 
 def load_pairs(args, policy, tokenizer, device, dtype):
-    """(train pairs, held-out pairs, stats) from --prefs or from the policy's samples."""
+    """(train pairs, held-out pairs, calibration responses, stats) from --prefs or from the policy's samples."""
     if args.prefs:
         pairs = read_preferences(args.prefs, tokenizer, policy.config.block_size)
-        order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(args.seed)).tolist()
-        n_val = 0 if len(pairs) < 2 or args.val_fraction <= 0 else \
-            min(len(pairs) - 1, max(1, round(args.val_fraction * len(pairs))))
-        if n_val == 0:
+        train_pairs, held_out = split_by_prompt(pairs, args.val_fraction, args.seed)
+        if not held_out:
+            n_prompts = len({tuple(p.prompt) for p in pairs})
             raise RunError(f"{args.prefs}: no held-out pairs; raise --val-fraction (now {args.val_fraction}) "
-                           f"or add pairs (the file has {len(pairs)})")
-        held_out = [pairs[k] for k in order[:n_val]]
-        return [pairs[k] for k in order[n_val:]], held_out, {"source": args.prefs}
-    train_problems = problem_set("train", args.n_prompts, seed=args.seed)
-    test_problems = problem_set("test", args.n_eval_prompts, seed=args.seed)
+                           f"or add pairs (the file has {n_prompts} distinct prompts; at least 2 are needed)")
+        calibration = [(p.prompt, p.chosen) for p in train_pairs] + [(p.prompt, p.rejected) for p in train_pairs]
+        return train_pairs, held_out, calibration, {"source": args.prefs}
+    train_problems, calib_problems, test_problems = problem_slices(args)
     pairs, stats = sample_pairs(policy, tokenizer, train_problems, args, args.label_noise, args.seed,
                                 device, dtype, "sample train")
     held_out, eval_stats = sample_pairs(policy, tokenizer, test_problems, args, 0.0, args.seed + 1,
@@ -156,11 +199,14 @@ def load_pairs(args, policy, tokenizer, device, dtype):
         raise no_pairs_error("training")
     if not held_out:
         raise no_pairs_error("held-out")
+    calibration = sample_responses(policy, tokenizer, calib_problems, args, args.seed + 3, device, dtype,
+                                   "sample calibration")[0]
     flipped = sum(p.gold_gap < 0 for p in pairs)
     print0(f"policy samples: accuracy {stats['sample_accuracy']:.3f} | truncated {stats['truncated_share']:.3f} "
-           f"| {len(pairs)} train pairs ({flipped} flipped) | {len(held_out)} held-out pairs")
-    return pairs, held_out, {"source": "simulated", "n_flipped": flipped, **stats,
-                             "eval_sample_accuracy": eval_stats["sample_accuracy"]}
+           f"| {len(pairs)} train pairs ({flipped} flipped) | {len(held_out)} held-out pairs "
+           f"| {len(calibration)} calibration responses")
+    return pairs, held_out, calibration, {"source": "simulated", "n_flipped": flipped, **stats,
+                                          "eval_sample_accuracy": eval_stats["sample_accuracy"]}
 
 
 # ----------------------------------------------------------------------------- training
@@ -173,13 +219,22 @@ def pair_rewards(model, pairs, tokenizer, device, dtype):
 
 
 @torch.no_grad()
+def score_responses(model, responses, tokenizer, args, device, dtype) -> torch.Tensor:
+    """(N,) scores of [(prompt, response) token lists], in batches of 2 * --batch-size rows."""
+    scores = []
+    for i in range(0, len(responses), 2 * args.batch_size):
+        prompts, texts = zip(*responses[i:i + 2 * args.batch_size])
+        gen = pack(list(prompts), list(texts), eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, device=device)
+        with runtime.autocast(device, dtype):
+            scores.append(score(model, gen))
+    return torch.cat(scores)
+
+
 def evaluate_pairs(model, pairs, tokenizer, args, device, dtype):
     """Accuracy (vs the stored labels) and the (r_chosen, r_rejected) scores of all pairs."""
-    chosen, rejected = [], []
-    for i in range(0, len(pairs), 2 * args.batch_size):
-        r_c, r_r = pair_rewards(model, pairs[i:i + 2 * args.batch_size], tokenizer, device, dtype)
-        chosen.append(r_c), rejected.append(r_r)
-    chosen, rejected = torch.cat(chosen), torch.cat(rejected)
+    responses = [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs]
+    rewards = score_responses(model, responses, tokenizer, args, device, dtype)
+    chosen, rejected = rewards[:len(pairs)], rewards[len(pairs):]
     return (chosen > rejected).float().mean().item(), chosen, rejected
 
 
@@ -231,6 +286,33 @@ def train(model, pairs, held_out, tokenizer, args, device, dtype, log):
     return acc0, held_out_eval
 
 
+# ----------------------------------------------------------------------------- normalisation
+
+@torch.no_grad()
+def normalise_head(head: torch.nn.Linear, scores: torch.Tensor) -> tuple[float, float]:
+    """Rescale `head` in place so that `scores` (its outputs on the calibration responses) get mean 0
+    and std 1; returns (gain, bias_shift), with new score = gain * old score + bias_shift."""
+    mean, std = scores.mean().item(), scores.std().item()
+    if not std > 0:
+        raise RunError(f"the {len(scores)} calibration responses all score {mean:.4g}: cannot normalise the "
+                       f"reward scale; raise --n-calib-prompts or --temperature (or add pairs to --prefs)")
+    gain, bias_shift = 1.0 / std, -mean / std
+    head.weight.mul_(gain)
+    head.bias.mul_(gain).add_(bias_shift)
+    return gain, bias_shift
+
+
+def normalise_scale(model, calibration, tokenizer, args, device, dtype) -> dict:
+    """Normalise the reward head on the calibration responses; the recorded gain, shift and scores."""
+    before = score_responses(model, calibration, tokenizer, args, device, dtype)
+    gain, bias_shift = normalise_head(model.head, before)
+    after = score_responses(model, calibration, tokenizer, args, device, dtype)  # measured, not assumed
+    return {"reward_gain": gain, "reward_bias_shift": bias_shift, "n_calib_responses": len(calibration),
+            "score_mean_before_normalisation": before.mean().item(),
+            "score_std_before_normalisation": before.std().item(),
+            "calib_score_mean": after.mean().item(), "calib_score_std": after.std().item()}
+
+
 def write_plot(args, metrics):
     train_steps = [m for m in metrics if "accuracy" in m]
     evals_ = [m for m in metrics if "eval/pair_accuracy" in m]
@@ -252,7 +334,7 @@ def main(argv=None):
         runtime.require_run_dir(args.shift_init)
     policy, tokenizer, init_config = runtime.load_run(args.init, device)
     os.makedirs(args.out, exist_ok=True)
-    pairs, held_out, data_stats = load_pairs(args, policy, tokenizer, device, dtype)
+    pairs, held_out, calibration, data_stats = load_pairs(args, policy, tokenizer, device, dtype)
 
     model = ScalarModel.from_gpt(policy)
     config = {"script": "train_rm.py", "kind": "reward_model", "init": args.init, "args": vars(args),
@@ -263,16 +345,13 @@ def main(argv=None):
            f"{len(pairs)} train pairs | {len(held_out)} held-out pairs | {args.epochs} epochs")
     acc0, (acc, r_c, r_r) = train(model, pairs, held_out, tokenizer, args, device, dtype, log)
 
-    # bias trick: held-out (reference) responses score 0 on average; differences are unchanged
-    shift = torch.cat([r_c, r_r]).mean().item()
-    with torch.no_grad():
-        model.head.bias -= shift
-    r_c, r_r = r_c - shift, r_r - shift
+    scale = normalise_scale(model, calibration, tokenizer, args, device, dtype)
+    r_c, r_r = (scale["reward_gain"] * r + scale["reward_bias_shift"] for r in (r_c, r_r))  # normalised units
     train_acc = evaluate_pairs(model, pairs, tokenizer, args, device, dtype)[0]
     result = {"pair_accuracy": acc, "pair_accuracy_at_init": acc0, "train_pair_accuracy": train_acc,
               "n_pairs": len(pairs), "n_eval_pairs": len(held_out), "label_noise": args.label_noise,
-              "mean_eval_margin": (r_c - r_r).mean().item(), "score_std": torch.cat([r_c, r_r]).std().item(),
-              "bias_shift": -shift, **data_stats}
+              "mean_eval_margin": (r_c - r_r).mean().item(), "eval_score_mean": torch.cat([r_c, r_r]).mean().item(),
+              "eval_score_std": torch.cat([r_c, r_r]).std().item(), **scale, **data_stats}
     if not args.prefs:  # held-out accuracy split by what separates the pair
         by_correctness = torch.tensor([abs(p.gold_gap) >= 0.5 for p in held_out])
         hits = r_c > r_r
@@ -299,7 +378,7 @@ def main(argv=None):
         write_plot(args, [json.loads(line) for line in f])
     print0(runtime.format_line({k: v for k, v in result.items() if k in (
         "pair_accuracy", "pair_accuracy_at_init", "train_pair_accuracy", "pair_accuracy_shifted",
-        "n_pairs", "n_eval_pairs", "label_noise", "seconds")}))
+        "n_pairs", "n_eval_pairs", "label_noise", "reward_gain", "seconds")}))
     print0(f"wrote {args.out}/ (model.pt, config.json, tokenizer.json, eval.json, rm_accuracy.png)")
 
 

@@ -5,7 +5,8 @@ DPO / online DPO and SFT. The maths lives in rl.py; rollouts come from the engin
     ppo_step     k1 KL folded into per-token rewards, score at EOS, GAE, whitening, then
                  epochs x minibatches of clipped policy + clipped value losses
     grpo_step    group-normalised advantages, clipped token objective + k3 KL in the loss,
-                 "dapo" aggregation (token sum / tokens in the minibatch: micro-batch invariant)
+                 "dapo" aggregation (token sum / tokens in the minibatch: micro-batch invariant);
+                 "dr_grpo" also drops the division by the group std (Dr. GRPO)
     (EI)         sample k, keep verified-correct (rl.dedupe_correct), SFT with sft_step
     dpo_step     sigmoid / IPO loss on (chosen, rejected) rows against the frozen reference
     sft_step     cross-entropy on chosen responses only
@@ -14,8 +15,12 @@ Memory plan (the "four models" of RLHF): policy (trained), reference (frozen cop
 initial policy), value model (PPO only; a GPT + scalar head, trained) and reward model (only
 with --reward rm; frozen). With the verifier reward there is no reward model.
 
-Logprobs for the ratio are always recomputed at the sampling temperature (engine.sequence_logprobs),
-so that before the first update they equal the sampler's logprobs exactly and the ratio is 1.
+Logprobs for the ratio are the sampler's own (equal to a full recompute at the sampling temperature
+in fp32, tested), so before the first update the ratio is exactly 1; under reduced-precision
+autocast they are recomputed (old_logprobs). With beta = 0 no reference forward runs at all: the
+update is one forward + backward per micro-batch (the trainer measures KL to the reference on
+evaluation steps only, with kl_to_reference). Under DDP every statistic the update normalises by
+(whitening, token and sequence counts) is all-reduced, and the logged stats are rank means.
 """
 
 from dataclasses import dataclass
@@ -35,6 +40,7 @@ class Rollout:
     correct: torch.Tensor   # (N,) float 1/0 by the verifier
     scores: torch.Tensor    # (N,) the reward the algorithm optimises
     group_size: int
+    temperature: float      # the sampling temperature (gen.logprobs are of that distribution)
 
 
 @dataclass
@@ -67,7 +73,7 @@ def rollout(policy, tokenizer, problems, *, n_samples, temperature, max_new_toke
     correct = torch.tensor([float(ans == gold) for (_, ans), gold in zip(extracted, golds)],
                            device=gen.tokens.device)
     scores = reward_fn(gen, correct)
-    return Rollout(gen, texts, [fmt for fmt, _ in extracted], correct, scores, n_samples)
+    return Rollout(gen, texts, [fmt for fmt, _ in extracted], correct, scores, n_samples, temperature)
 
 
 def old_logprobs(policy, gen: Generation, temperature: float) -> torch.Tensor:
@@ -105,73 +111,114 @@ def mean_stats(records: list[dict]) -> dict:
     return {k: sum(r[k] for r in records) / len(records) for k in records[0]}
 
 
-def ppo_step(policy, ref, value_model, optimizer, batch: Rollout, cfg: RLConfig) -> dict:
+def rank_mean(stats: dict, world_size: int, all_reduce) -> dict:
+    """Per-step statistics averaged over ranks (every rank's mean weighs the same)."""
+    if world_size == 1:
+        return stats
+    keys = sorted(stats)
+    summed = all_reduce(torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64))
+    return {k: v / world_size for k, v in zip(keys, summed.tolist())}
+
+
+def kl_to_reference(ref, batch: Rollout) -> float:
+    """Mean k1 KL(sampling policy || reference) over the rollout's tokens: one no-grad forward of ref."""
+    gen = batch.gen
+    with torch.no_grad():
+        ref_lp = sequence_logprobs(ref, gen, batch.temperature)
+    return rl.masked_mean(rl.kl_k1(gen.logprobs, ref_lp), gen.mask).item()
+
+
+def ppo_step(policy, ref, value_model, optimizer, batch: Rollout, cfg: RLConfig, world_size: int = 1,
+             all_reduce=lambda t: t) -> dict:
+    """One rollout's PPO update. Whitening and the loss's token mean span every rank (all_reduce
+    sums over ranks; DDP averages gradients, so the loss is scaled back up by world_size)."""
     gen, T = batch.gen, cfg.temperature
     with torch.no_grad():
-        ref_lp = sequence_logprobs(ref, gen, T)
         old_lp = old_logprobs(policy, gen, T)
+        # beta = 0: the KL reward vanishes, so skip the reference forward (k1 of old_lp against itself is 0)
+        ref_lp = sequence_logprobs(ref, gen, T) if cfg.kl_coef else old_lp
         old_values = _values(value_model, gen)
         scores = rl.missing_eos_penalty(batch.scores, gen.ended, cfg.missing_eos_penalty)
         rewards = rl.ppo_token_rewards(scores, old_lp, ref_lp, gen.mask, cfg.kl_coef)
         advantages, returns = rl.gae(rewards, old_values, gen.mask, cfg.gamma, cfg.lam)
-        advantages = rl.masked_whiten(advantages, gen.mask)
+        advantages = rl.masked_whiten(advantages, gen.mask, all_reduce=all_reduce)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     records = []
     for _ in range(cfg.epochs):
         for rows in _minibatches(len(batch.scores), cfg.minibatches):
-            sub = gen[rows]
-            new_lp, entropy = sequence_logprobs(policy, sub, T, with_entropy=True)
-            pg_loss, pg_stats = rl.ppo_policy_loss(new_lp, old_lp[rows], advantages[rows], sub.mask, cfg.clip)
-            vf_loss, vf_stats = rl.ppo_value_loss(_values(value_model, sub), old_values[rows], returns[rows],
-                                                  sub.mask, cfg.value_clip)
-            (pg_loss + cfg.vf_coef * vf_loss).backward()
-            grad_norm = _step(optimizer, params, cfg.grad_clip)
-            records.append({"pg_loss": pg_loss.item(), "vf_loss": vf_loss.item(), "grad_norm": grad_norm,
-                            "entropy": rl.masked_mean(entropy.detach(), sub.mask).item(), **pg_stats, **vf_stats})
-    kl = rl.masked_mean(rl.kl_k1(old_lp, ref_lp), gen.mask).item()
-    return {**mean_stats(records), "kl_ref": kl}
-
-
-def grpo_step(policy, ref, optimizer, batch: Rollout, cfg: RLConfig, world_size: int = 1,
-              all_reduce=lambda t: t) -> dict:
-    """One rollout's GRPO update. With one epoch and one minibatch the ratio is exactly 1 and the
-    loss value is ~0 while its gradient is not: watch grad_norm, not the loss."""
-    gen, T = batch.gen, cfg.temperature
-    advantages = rl.group_advantages(batch.scores, batch.group_size)
-    with torch.no_grad():
-        ref_lp = sequence_logprobs(ref, gen, T)
-    old_lp = old_logprobs(policy, gen, T)
-    params = [p for p in policy.parameters() if p.requires_grad]
-    records = []
-    for _ in range(cfg.epochs):
-        for rows in _minibatches(len(batch.scores), cfg.minibatches):
-            # the denominator is the whole minibatch's token count, across micro-batches and ranks;
-            # DDP averages gradients over ranks, so scale back up by world_size
             total_tokens = all_reduce(gen.mask[rows].sum().float())
             stats = []
             for micro in rows.split(cfg.micro_batch):
                 sub = gen[micro]
                 new_lp, entropy = sequence_logprobs(policy, sub, T, with_entropy=True)
-                loss, st = rl.grpo_loss(new_lp, old_lp[micro], ref_lp[micro], advantages[micro], sub.mask,
-                                        cfg.clip, cfg.kl_coef, cfg.aggregation, total_tokens=total_tokens,
-                                        total_seqs=len(rows), max_len=gen.mask.size(1))
+                pg_loss, pg_stats = rl.ppo_policy_loss(new_lp, old_lp[micro], advantages[micro], sub.mask, cfg.clip,
+                                                       total_tokens)
+                vf_loss, vf_stats = rl.ppo_value_loss(_values(value_model, sub), old_values[micro], returns[micro],
+                                                      sub.mask, cfg.value_clip, total_tokens)
+                ((pg_loss + cfg.vf_coef * vf_loss) * world_size).backward()
+                stats.append({"pg_loss": pg_loss.item(), "vf_loss": vf_loss.item(), **pg_stats, **vf_stats,
+                              "entropy": rl.masked_mean(entropy.detach(), sub.mask).item()})
+            # micro-batch losses are parts of one sum; x world_size so that the rank mean is the whole loss
+            summed = {k: world_size * sum(s[k] for s in stats) for k in ("pg_loss", "vf_loss")}
+            records.append({**mean_stats(stats), **summed, "grad_norm": _step(optimizer, params, cfg.grad_clip)})
+    stats = mean_stats(records)
+    if cfg.kl_coef:
+        stats["kl_ref"] = rl.masked_mean(rl.kl_k1(old_lp, ref_lp), gen.mask).item()
+    return rank_mean(stats, world_size, all_reduce)
+
+
+def grpo_step(policy, ref, optimizer, batch: Rollout, cfg: RLConfig, world_size: int = 1,
+              all_reduce=lambda t: t) -> dict:
+    """One rollout's GRPO update. With one epoch and one minibatch the ratio is exactly 1 and the
+    loss value is ~0 while its gradient is not: watch grad_norm, not the loss.
+
+    aggregation "dr_grpo" is the whole of Dr. GRPO: a constant normaliser AND advantages not
+    divided by the group's std (R - mean_G)."""
+    gen, T = batch.gen, cfg.temperature
+    advantages = rl.group_advantages(batch.scores, batch.group_size, scale=cfg.aggregation != "dr_grpo")
+    ref_lp = None
+    if cfg.kl_coef:  # beta = 0 needs no reference model at all
+        with torch.no_grad():
+            ref_lp = sequence_logprobs(ref, gen, T)
+    old_lp = old_logprobs(policy, gen, T)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    records = []
+    for _ in range(cfg.epochs):
+        for rows in _minibatches(len(batch.scores), cfg.minibatches):
+            # the normalisers count the whole minibatch, across micro-batches and ranks;
+            # DDP averages gradients over ranks, so scale back up by world_size
+            total_tokens = all_reduce(gen.mask[rows].sum().float())
+            total_seqs = all_reduce(torch.tensor(float(len(rows))))
+            stats = []
+            for micro in rows.split(cfg.micro_batch):
+                sub = gen[micro]
+                new_lp, entropy = sequence_logprobs(policy, sub, T, with_entropy=True)
+                loss, st = rl.grpo_loss(new_lp, old_lp[micro], None if ref_lp is None else ref_lp[micro],
+                                        advantages[micro], sub.mask, cfg.clip, cfg.kl_coef, cfg.aggregation,
+                                        total_tokens=total_tokens, total_seqs=total_seqs, max_len=gen.mask.size(1))
                 (loss * world_size).backward()
                 stats.append({**st, "entropy": rl.masked_mean(entropy.detach(), sub.mask).item()})
             records.append({**mean_stats(stats), "grad_norm": _step(optimizer, params, cfg.grad_clip)})
-    kl = rl.masked_mean(rl.kl_k1(old_lp, ref_lp), gen.mask).item()
-    return {**mean_stats(records), "kl_ref": kl, "adv_abs": advantages.abs().mean().item()}
+    stats = {**mean_stats(records), "adv_abs": advantages.abs().mean().item()}
+    if ref_lp is not None:
+        stats["kl_ref"] = rl.masked_mean(rl.kl_k1(old_lp, ref_lp), gen.mask).item()
+    else:
+        stats.pop("kl", None)  # the loss's k3 is 0 by construction without a reference
+    return rank_mean(stats, world_size, all_reduce)
 
 
 def sft_step(policy, optimizer, gen: Generation, cfg: RLConfig) -> dict:
-    """Cross-entropy on the response tokens of `gen` (the prompt is never in the mask)."""
+    """One optimizer step of cross-entropy on the response tokens of every row of `gen` (the prompt
+    is never in the mask), accumulated over micro-batches of cfg.micro_batch rows. Each token
+    weighs the same however the rows are split: the loss divides by the whole batch's token count."""
     params = [p for p in policy.parameters() if p.requires_grad]
-    losses = []
+    total_tokens, loss_sum = gen.mask.sum(), 0.0
     for micro in torch.arange(len(gen.ended)).split(cfg.micro_batch):
         sub = gen[micro]
-        loss = rl.sft_loss(sequence_logprobs(policy, sub, 1.0), sub.mask) * len(micro) / len(gen.ended)
+        loss = rl.sft_loss(sequence_logprobs(policy, sub, 1.0), sub.mask, total_tokens)
         loss.backward()
-        losses.append(loss.item())
-    return {"sft_loss": sum(losses), "grad_norm": _step(optimizer, params, cfg.grad_clip)}
+        loss_sum += loss.item()
+    return {"sft_loss": loss_sum, "grad_norm": _step(optimizer, params, cfg.grad_clip)}
 
 
 def dpo_step(policy, ref, optimizer, chosen: Generation, rejected: Generation, cfg: RLConfig) -> dict:

@@ -12,32 +12,47 @@ Three measurements on a randomly initialised GPT (speed does not depend on the w
            `engine.naive_generate` (the whole sequence recomputed every step), same prompts,
            same settings; speedup = engine / naive. EOS is -1, a token the model cannot emit,
            so every row runs to full length and both samplers do the same number of steps.
+           sample_mfu = engine tokens/s * decode FLOPs per token / peak, where a decode token
+           costs a forward pass (2N) plus attention over its mean context (prompt + half the
+           new tokens): the FLOPs the model needs, not those the static-shape cache spends.
+  grpo     one whole GRPO step (algos.grpo_step defaults: 2 epochs x 2 minibatches, beta 0) at
+           --grpo-prompts x --grpo-samples x --new-tokens: sample_s (the engine), update_s
+           (forward + backward + AdamW) and grpo_step_s, their sum plus the reward. The reward is a
+           seeded coin per sample: the verifier needs a trained tokenizer, and its cost is small.
 Each is timed after a warm-up (first calls pay for allocation and kernel selection).
 """
 
 import argparse
+import copy
 import json
+import time
 
 import torch
 
+from nanorl import algos
 from nanorl.engine import generate, naive_generate
 from nanorl.gpt import GPT, GPTConfig
-from nanorl.runtime import autocast as autocast_context, measure_peak_flops, pick_device, pick_dtype, timed
+from nanorl.runtime import (autocast as autocast_context, measure_peak_flops, non_negative_int, pick_device,
+                            pick_dtype, positive_int, sync, timed)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--vocab-size", type=int, default=1024, help="model vocabulary (default: the tiny preset)")
-    p.add_argument("--block-size", type=int, default=256, help="model context length; also the training length")
-    p.add_argument("--n-layer", type=int, default=4, help="transformer blocks")
-    p.add_argument("--n-head", type=int, default=4, help="attention heads")
-    p.add_argument("--n-embd", type=int, default=128, help="model width")
-    p.add_argument("--batch", type=int, default=64, help="prompts sampled together")
-    p.add_argument("--prompt-len", type=int, default=32, help="tokens per prompt")
-    p.add_argument("--new-tokens", type=int, default=128, help="tokens sampled per prompt")
-    p.add_argument("--train-batch", type=int, default=16, help="sequences of block_size per training step")
-    p.add_argument("--train-steps", type=int, default=5, help="timed training steps (after 2 warm-up steps)")
-    p.add_argument("--matmul-size", type=int, default=0, help="n of the n x n peak matmuls (0: 1024 on CPU, 8192 on GPU)")
+    p.add_argument("--vocab-size", type=positive_int, default=1024, help="model vocabulary (default: the tiny preset)")
+    p.add_argument("--block-size", type=positive_int, default=256,
+                   help="model context length; also the training length")
+    p.add_argument("--n-layer", type=positive_int, default=4, help="transformer blocks")
+    p.add_argument("--n-head", type=positive_int, default=4, help="attention heads")
+    p.add_argument("--n-embd", type=positive_int, default=128, help="model width")
+    p.add_argument("--batch", type=positive_int, default=64, help="prompts sampled together")
+    p.add_argument("--prompt-len", type=positive_int, default=32, help="tokens per prompt")
+    p.add_argument("--new-tokens", type=positive_int, default=128, help="tokens sampled per prompt")
+    p.add_argument("--train-batch", type=positive_int, default=16, help="sequences of block_size per training step")
+    p.add_argument("--train-steps", type=positive_int, default=5, help="timed training steps (after 2 warm-up steps)")
+    p.add_argument("--grpo-prompts", type=positive_int, default=8, help="prompts per timed GRPO step")
+    p.add_argument("--grpo-samples", type=positive_int, default=8, help="samples per prompt in the GRPO step")
+    p.add_argument("--matmul-size", type=non_negative_int, default=0,
+                   help="n of the n x n peak matmuls (0: 1024 on CPU, 8192 on GPU)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="auto: cuda > mps > cpu")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
                    help="auto: bf16 autocast on CUDA, fp32 elsewhere")
@@ -90,6 +105,37 @@ def measure_sampling(model: GPT, args, device: str, autocast) -> tuple[float, fl
     return rates[0], rates[1]
 
 
+def measure_grpo_step(model: GPT, args, device: str, autocast) -> dict:
+    """Seconds of one GRPO step, split into sampling and update (the reward is a seeded coin flip)."""
+    g = torch.Generator(device=device).manual_seed(args.seed)
+    prompts = torch.randint(model.config.vocab_size, (args.grpo_prompts, args.prompt_len), generator=g,
+                            device=device).tolist()
+    policy = copy.deepcopy(model).train()
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-6)
+    cfg = algos.RLConfig(temperature=1.0)
+
+    def sample():
+        with autocast:
+            return generate(policy, prompts, args.new_tokens, eos_id=-1, pad_id=0, n_samples=args.grpo_samples,
+                            temperature=cfg.temperature, generator=g)
+
+    def step():
+        t0 = time.perf_counter()
+        gen = sample()
+        t1 = time.perf_counter()
+        correct = torch.randint(2, gen.ended.shape, generator=g, device=device).float()
+        batch = algos.Rollout(gen, [], [], correct, correct, args.grpo_samples, cfg.temperature)
+        t2 = time.perf_counter()
+        with autocast:
+            algos.grpo_step(policy, None, optimizer, batch, cfg)
+        sync(device)
+        t3 = time.perf_counter()
+        return {"sample_s": t1 - t0, "update_s": t3 - t2, "grpo_step_s": t3 - t0}
+
+    step()  # warm-up
+    return step()
+
+
 def print_table(rows: list[tuple[str, str]]):
     width = max(len(name) for name, _ in rows)
     for name, value in [("metric", "value")] + rows:
@@ -118,12 +164,17 @@ def main(argv=None) -> dict:
     print(f"training: {args.train_steps} steps of {args.train_batch}x{config.block_size} ...", flush=True)
     train_rate = measure_train(model, args, device, autocast)
     sample_rate, naive_rate = measure_sampling(model, args, device, autocast)
+    print(f"grpo: one step of {args.grpo_prompts}x{args.grpo_samples}x{args.new_tokens} ...", flush=True)
+    grpo = measure_grpo_step(model, args, device, autocast)
+    decode_flops = model.flops_per_token(args.prompt_len + args.new_tokens / 2, training=False)
 
     flops_per_token = model.flops_per_token(config.block_size)
     results = {
         "sample_tokens_per_s": sample_rate,
         "naive_tokens_per_s": naive_rate,
         "speedup": sample_rate / naive_rate,
+        "sample_mfu": sample_rate * decode_flops / peak,
+        **grpo,
         "train_tokens_per_s": train_rate,
         "mfu": train_rate * flops_per_token / peak,
         "peak_flops": peak,
@@ -145,6 +196,10 @@ def main(argv=None) -> dict:
         (f"engine tok/s ({args.batch}x{args.new_tokens})", f"{sample_rate:,.0f}"),
         ("naive tok/s", f"{naive_rate:,.0f}"),
         ("engine speedup", f"{results['speedup']:.1f}x"),
+        ("sample MFU", f"{100 * results['sample_mfu']:.1f}%"),
+        (f"GRPO step ({args.grpo_prompts}x{args.grpo_samples}x{args.new_tokens})", f"{grpo['grpo_step_s']:.2f} s"),
+        ("  sampling", f"{grpo['sample_s']:.2f} s"),
+        ("  update", f"{grpo['update_s']:.2f} s"),
     ])
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)

@@ -53,9 +53,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from nanorl.runtime import RunError
+from nanorl import tasks
+from nanorl.runtime import DataError, iter_jsonl
 
-SYNTHETIC = ("tinygsm", "omi1", "omi2", "finemath")  # produced by tasks.synthetic_documents
+SYNTHETIC = tasks.SOURCES  # produced by tasks.synthetic_documents
 FIELDS = {  # JSONL field mapping: document = "\n\n".join(row[f] for f in fields)
     "tinygsm": ("question", "code"),
     "omi1": ("question", "generated_solution"),
@@ -68,10 +69,6 @@ MIXTURE_SYNTAX = ('expected "name=weight" or "name=path.jsonl:weight" joined by 
                   f'synthetic names: {", ".join(SYNTHETIC)}; file names: {", ".join(FIELDS)}')
 CACHE_VERSION = 1  # bump when the cache layout changes
 ENCODE_CHUNK = 1024  # documents per encode_batch call
-
-
-class DataError(RunError, ValueError):
-    """A bad mixture spec or data file; the message names what and where."""
 
 
 @dataclass(frozen=True)
@@ -148,28 +145,6 @@ def _row_document(row, name: str, where: str) -> str | None:
     return "\n\n".join(parts)
 
 
-def iter_jsonl(path: str):
-    """Yield (where, row) for each non-blank line of a JSONL file; where = "path, line N".
-
-    A line that is not UTF-8 or not JSON raises DataError naming the file and line; checking
-    the row's fields is the caller's job (name `where` in its message).
-    """
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            where = f"{path}, line {lineno}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{where}: not valid UTF-8 ({e})") from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-            yield where, row
-
-
 def read_jsonl_documents(path: str, name: str) -> list[str]:
     """All documents of a local JSONL file of source `name` (see the table above)."""
     if not os.path.isfile(path):
@@ -195,7 +170,6 @@ def load_documents(sources: list[Source], docs_per_source: int, seed: int) -> di
     out = {}
     for src in sources:
         if src.path is None:
-            from nanorl import tasks  # imported here: only synthetic sources need it
             n = round(src.weight * docs_per_source)
             out[src.name] = tasks.synthetic_documents(src.name, n, derive_seed(seed, "docs", src.name))
         else:

@@ -63,13 +63,22 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int = 0, top_
 
 
 def sample_next(logits, temperature: float, top_k: int, top_p: float, generator):
-    """Next tokens (N,) and their log-probabilities under the sampling distribution."""
+    """Next tokens (N,) and their log-probabilities under the sampling distribution.
+
+    Sampling is by inverse CDF: one uniform per row, located in the row's cumulative probabilities.
+    It draws the same distribution as torch.multinomial at a fraction of the cost (multinomial
+    draws an exponential per vocabulary entry)."""
     if temperature == 0:
         logprobs = F.log_softmax(logits.float(), dim=-1)
         tokens = logprobs.argmax(-1)
     else:
         logprobs = F.log_softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1)
-        tokens = torch.multinomial(logprobs.exp(), 1, generator=generator).squeeze(-1)
+        cdf = logprobs.exp().cumsum(-1)
+        total = cdf[:, -1:]
+        u = torch.rand(total.shape, generator=generator, device=total.device, dtype=total.dtype) * total
+        # u < total strictly, so the first cdf entry above u exists and has positive probability
+        u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))
+        tokens = torch.searchsorted(cdf, u, right=True).squeeze(-1)
     return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
 
 

@@ -6,6 +6,14 @@ and the share of each solution format among samples (the Echo Chamber's signatur
     format share:  fraction of samples whose format (verifier.extract_answer) is f
     accuracy by format:  among samples written in format f, the fraction that is correct
 
+Details that matter:
+1. Answers are exact rationals (verifier.py), so 3.5, 7/2 and 7 / 2 computed in code are one
+   vote, and Fraction(5) is the same vote as 5.
+2. maj@k: samples with no answer do not vote, and a tie for the most votes counts as NO
+   majority (wrong), whatever the order of the samples; [5, 7, 7, 5] with gold 5 is wrong.
+3. pass_at_k raises ValueError unless 1 <= k <= n and 0 <= c <= n: pass@k with k > n is not
+   defined by the estimator (and would read as 1.0).
+
 Greedy decoding is deterministic and collapses onto one format per question (the first token
 after the question decides it), so format shares are reported both greedy and sampled.
 """
@@ -38,14 +46,20 @@ def sample_completions(model, tokenizer, questions: list[str], *, n_samples: int
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
+    """Chance that at least one of k samples drawn from n (c of them correct) is correct."""
+    if not (1 <= k <= n and 0 <= c <= n):
+        raise ValueError(f"pass@k needs 1 <= k <= n and 0 <= c <= n; got n={n}, c={c}, k={k}")
     if n - c < k:
         return 1.0
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
-def majority_correct(answers: list[int | None], gold: int) -> bool:
-    votes = Counter(a for a in answers if a is not None)
-    return bool(votes) and votes.most_common(1)[0][0] == gold
+def majority_correct(answers: list[verifier.Answer | None], gold: verifier.Answer) -> bool:
+    """The gold answer has strictly more votes than any other (None does not vote)."""
+    top_two = Counter(a for a in answers if a is not None).most_common(2)
+    if not top_two or (len(top_two) == 2 and top_two[0][1] == top_two[1][1]):
+        return False  # no votes, or a tie for first place: no majority
+    return top_two[0][0] == gold
 
 
 def score(problems: list[Problem], completions: list[list[str]], k: int | None = None) -> dict:

@@ -9,7 +9,9 @@ Rotary positions take an explicit position per token, so a batch of LEFT-PADDED 
 different lengths can be decoded together: each row counts its positions from its own first
 real token, and a boolean mask hides the padding. The KV cache is preallocated for the whole
 generation (static shapes, friendly to torch.compile and CUDA graphs): every decode step
-attends over the full cache length and the mask hides slots that are empty or padding.
+attends over the full cache length and the mask hides slots that are empty or padding. A decode
+step (one new token per row) takes `decode_attention`: two batched matrix products and an
+additive mask kept in the cache; the prompt and training take scaled_dot_product_attention.
 
 `hidden_states` exposes the final normalised hidden states for reward/value heads and probes.
 `flops_per_token` follows the PaLM appendix B estimate (6N + 12 L d T) used for MFU.
@@ -40,7 +42,9 @@ class GPTConfig:
 class KVCache:
     """Keys and values of every layer for a batch of rows, preallocated to `max_len` slots.
 
-    `valid[b, j]` says whether slot j of row b holds a real token (not padding, not empty yet).
+    `valid[b, j]` says whether slot j of row b holds a real token (not padding, not empty yet);
+    `bias` is the same as an additive mask (0 or -inf), the whole mask of a 1-token decode query:
+    every slot after the query's own is still empty.
     """
 
     def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device, dtype):
@@ -49,7 +53,14 @@ class KVCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)
+        self.bias = torch.full((batch_size, 1, 1, max_len), float("-inf"), device=device, dtype=dtype)
         self.max_len = max_len
+
+    def mark(self, start: int, valid: torch.Tensor | None, T: int):
+        """Record which of the slots [start, start + T) hold real tokens (valid: (B, T) or None: all)."""
+        valid = torch.ones_like(self.valid[:, start:start + T]) if valid is None else valid
+        self.valid[:, start:start + T] = valid
+        self.bias[:, 0, 0, start:start + T] = torch.where(valid, 0.0, float("-inf"))
 
 
 def rotary_tables(config: GPTConfig, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,9 +71,19 @@ def rotary_tables(config: GPTConfig, device) -> tuple[torch.Tensor, torch.Tensor
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x1, x2) of each head by the angle of the token's position. x: (B, H, T, D)."""
+    """Rotate pairs (x1, x2) of each head by the angle of the token's position. x: (..., B, H, T, D)."""
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(D) + bias) v for a 1-token query, as two batched matrix products.
+
+    q: (B, H, 1, D), k and v: (B, H, S, D), bias: (B, 1, 1, S). The scores are computed as k q^T, a
+    matrix-vector product per head, which CPU BLAS runs faster than the row-vector form q k^T; both
+    beat scaled_dot_product_attention, whose CPU kernels are built for long queries."""
+    scores = torch.matmul(k, q.transpose(-1, -2) * q.size(-1) ** -0.5).transpose(-1, -2) + bias
+    return torch.matmul(scores.softmax(-1), v)
 
 
 class CausalSelfAttention(nn.Module):
@@ -74,13 +95,17 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, cos, sin, mask, cache: KVCache | None, layer: int, start: int):
         B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if cache is not None:
+        qkv = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        (q, k), v = apply_rotary(qkv[:2], cos, sin), qkv[2]  # q and k rotated in one pass
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+        else:
             cache.k[layer, :, :, start:start + T] = k
             cache.v[layer, :, :, start:start + T] = v
-            k, v = cache.k[layer], cache.v[layer]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+            if T == 1:
+                y = decode_attention(q, cache.k[layer], cache.v[layer], cache.bias)
+            else:
+                y = F.scaled_dot_product_attention(q, cache.k[layer], cache.v[layer], attn_mask=mask)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -155,8 +180,8 @@ class GPT(nn.Module):
         if cache is None and T > self.config.block_size:
             raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
         if cache is not None:
-            cache.valid[:, start:start + T] = True if valid is None else valid
-        mask = self._mask(valid, cache, start, T)
+            cache.mark(start, valid, T)
+        mask = None if cache is not None and T == 1 else self._mask(valid, cache, start, T)  # decode: cache.bias
         cos, sin = self.rope_cos[positions][:, None], self.rope_sin[positions][:, None]
         x = self.wte(idx)
         for layer, block in enumerate(self.blocks):
@@ -175,10 +200,12 @@ class GPT(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def flops_per_token(self, seq_len: int | None = None) -> float:
-        """Training FLOPs per token: 6 per parameter (forward + backward) plus attention scores."""
+    def flops_per_token(self, seq_len: int | None = None, training: bool = True) -> float:
+        """Training FLOPs per token: 6 per parameter (forward + backward) plus attention over seq_len
+        tokens; training=False gives the forward alone (a third: decoding, with seq_len the context)."""
         cfg, T = self.config, seq_len or self.config.block_size
-        return 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_embd * T
+        flops = 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_embd * T
+        return flops if training else flops / 3
 
     def configure_optimizer(self, lr: float, weight_decay: float, betas=(0.9, 0.95), eps: float = 1e-8):
         """AdamW with weight decay on matrices only (not on norms)."""

@@ -1,6 +1,7 @@
 """Bradley-Terry reward model: a GPT backbone with a scalar head, trained on preference pairs.
 
-Model (also PPO's value model, which reads the head at every position):
+Model (also PPO's value model, which reads the head at every position; see `value_model` for
+how that one starts):
 
     h_t   = hidden_states(x)_t                      final normalised hidden state of token t
     v_t   = w . h_t + b                             w ~ N(0, 1/sqrt(d + 1)), b = 0 at init
@@ -29,8 +30,10 @@ The annotator prefers the higher gold reward (the noiseless limit of Bradley-Ter
 then each label is flipped with probability `label_noise` (seeded).
 
 Deviations / details: dropout is off (the GPT has none); after training, train_rm.py sets the
-head bias so the held-out (reference) responses score 0 on average, a known trick that makes
-the scale of r meaningful to PPO (the BT loss is invariant to a constant shift).
+head's gain and bias so responses on a calibration set (never test problems) score mean 0 and
+std 1, as the "N implementation details of RLHF with PPO" study does: the BT loss is invariant
+to a shift and blind to the scale's meaning, while PPO's value clipping (0.2) and KL coefficient
+are tuned for rewards of order 1.
 """
 
 import math
@@ -70,6 +73,20 @@ class ScalarModel(nn.Module):
         model = cls(gpt.config).to(gpt.wte.weight.device)
         model.backbone.load_state_dict(gpt.state_dict())  # copies into the new model's own tensors
         return model
+
+
+def value_model(policy: GPT, reward_model: ScalarModel | None = None) -> ScalarModel:
+    """PPO's value model, a trainable copy. With a reward model, a copy of it, trained head included
+    (as TRL does): V starts as the RM's score of each prefix. Otherwise the policy's backbone with a
+    ZERO head, so V = 0 everywhere at the start: a random head gives values of std ~1.3 on the tiny
+    model, larger than the 0/1 rewards, which value clipping (0.2 per update) unlearns only slowly."""
+    if reward_model is not None:
+        value = ScalarModel(reward_model.config).to(reward_model.head.weight.device)
+        value.load_state_dict(reward_model.state_dict())
+        return value.requires_grad_(True)
+    value = ScalarModel.from_gpt(policy)
+    nn.init.zeros_(value.head.weight)
+    return value
 
 
 def last_token_scores(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

@@ -94,12 +94,16 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return centred.pow(2).sum() / (mask.sum() - 1).clamp(min=1)
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
+                  all_reduce=lambda t: t) -> torch.Tensor:
     """(x - mean) / std over the masked entries; padding positions are left at 0.
 
-    shift_mean=False only rescales (the mean is added back), as TRL does for rewards.
+    shift_mean=False only rescales (the mean is added back), as TRL does for rewards. Under DDP
+    pass a summing all_reduce: mean and (unbiased) variance are then those of every rank's tokens.
     """
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    count = all_reduce(mask.sum().to(x.dtype))
+    mean = all_reduce(torch.where(mask, x, 0.0).sum()) / count.clamp(min=1)
+    var = all_reduce(torch.where(mask, x - mean, 0.0).pow(2).sum()) / (count - 1).clamp(min=1)
     whitened = (x - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
         whitened = whitened + mean
@@ -178,10 +182,14 @@ def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advant
 
 
 def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                    mask: torch.Tensor, clip: float = 0.2) -> tuple[torch.Tensor, dict[str, float]]:
-    """PPO clipped policy loss: masked mean of max(-A rho, -A clip(rho, 1-eps, 1+eps)). All (N, T)."""
+                    mask: torch.Tensor, clip: float = 0.2,
+                    total_tokens: int | torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """PPO clipped policy loss: masked mean of max(-A rho, -A clip(rho, 1-eps, 1+eps)). All (N, T).
+
+    The mean divides by total_tokens (default: this batch's), as in "dapo": pass the whole
+    minibatch's count over micro-batches and ranks to make the gradient split-invariant."""
     per_token, ratio, clipped = clipped_surrogate(logprobs, old_logprobs, advantages, mask, clip)
-    loss = masked_mean(per_token, mask)
+    loss = aggregate(per_token, mask, "dapo", total_tokens=total_tokens)
     with torch.no_grad():
         stats = {"clipfrac": masked_mean(clipped.float(), mask).item(),
                  "approx_kl": masked_mean(kl_k3(torch.where(mask, old_logprobs, 0.0),
@@ -191,13 +199,15 @@ def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantag
 
 
 def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
-                   mask: torch.Tensor, clip: float = 0.2) -> tuple[torch.Tensor, dict[str, float]]:
-    """Clipped value loss 0.5 * masked mean of max((V-R)^2, (clip(V, V_old +- eps) - R)^2). All (N, T)."""
+                   mask: torch.Tensor, clip: float = 0.2,
+                   total_tokens: int | torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Clipped value loss 0.5 * masked mean of max((V-R)^2, (clip(V, V_old +- eps) - R)^2). All (N, T).
+    total_tokens as in ppo_policy_loss."""
     values = torch.where(mask, values, 0.0)
     old_values, returns = torch.where(mask, old_values, 0.0), torch.where(mask, returns, 0.0)
     clipped_values = old_values + torch.clamp(values - old_values, -clip, clip)
     unclipped_loss, clipped_loss = (values - returns).pow(2), (clipped_values - returns).pow(2)
-    loss = 0.5 * masked_mean(torch.maximum(unclipped_loss, clipped_loss), mask)
+    loss = 0.5 * aggregate(torch.maximum(unclipped_loss, clipped_loss), mask, "dapo", total_tokens=total_tokens)
     with torch.no_grad():
         residual_var = masked_var(returns - values, mask)
         stats = {"vf_clipfrac": masked_mean((clipped_loss > unclipped_loss).float(), mask).item(),

@@ -1,5 +1,5 @@
-"""The plumbing every script shares: device and dtype, seeding, torchrun/DDP, checkpoints,
-run directories, logs and plots.
+"""The plumbing every script shares: input checks (numeric flags, JSONL files), device and
+dtype, seeding, torchrun/DDP, checkpoints, run directories, logs and plots.
 
 - Device: auto picks cuda > mps > cpu. Dtype: bf16 autocast on CUDA; fp32 on CPU, because
   on CPUs without native bf16 matmuls autocast is many times slower (measure with
@@ -9,10 +9,15 @@ run directories, logs and plots.
 - Checkpoints are written to a temporary file and renamed into place (atomic on POSIX), so a
   crash or Ctrl-C mid-write never leaves a corrupt checkpoint. They carry optimizer and RNG
   states so `--resume` continues exactly.
+- Inputs: the argparse types below turn a zero or negative count or rate into a one-line
+  usage error (exit 2) instead of a traceback later; `iter_jsonl` names the file and line of
+  a malformed JSONL line (DataError, a RunError).
 """
 
+import argparse
 import contextlib
 import json
+import math
 import os
 import random
 from dataclasses import dataclass
@@ -34,6 +39,61 @@ def run_cli(main):
     except RunError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+# ----------------------------------------------------------------------------- inputs
+
+def _flag_value(text: str, kind, is_valid, what: str):
+    value = kind(text)  # a ValueError here is reported by argparse as "invalid <helper> value"
+    if not is_valid(value):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts and sizes: an int > 0."""
+    return _flag_value(text, int, lambda v: v > 0, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type for an int >= 0 (where 0 means 'none' or 'off')."""
+    return _flag_value(text, int, lambda v: v >= 0, "an integer >= 0")
+
+
+def positive_float(text: str) -> float:
+    """argparse type for rates and scales: a finite float > 0."""
+    return _flag_value(text, float, lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type for a finite float >= 0 (where 0 means 'off', e.g. a penalty)."""
+    return _flag_value(text, float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
+
+
+class DataError(RunError, ValueError):
+    """A bad input file or data spec; the message names what and where (file and line)."""
+
+
+def iter_jsonl(path: str):
+    """Yield (where, row) for each non-blank line of a JSONL file; where = "path, line N".
+
+    A line that is not UTF-8 or not JSON raises DataError naming the file and line; checking
+    the row's fields is the caller's job (name `where` in its message).
+    """
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            where = f"{path}, line {lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{where}: not valid UTF-8 ({e})") from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+            yield where, row
 
 
 # ----------------------------------------------------------------------------- device
@@ -227,6 +287,24 @@ def plot_lines(path: str, series: dict[str, tuple[list, list]], title: str, xlab
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     if logy:
         ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_bands(path: str, series: dict[str, tuple[list, list, list, list]], title: str, xlabel: str, ylabel: str,
+               ylim: tuple | None = None):
+    """One PNG with a line and a shaded band per named (x, y, low, high) series (e.g. mean and min-max over seeds)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, (xs, ys, lows, highs) in series.items():
+        line, = ax.plot(xs, ys, label=name)
+        ax.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel, ylim=ylim)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

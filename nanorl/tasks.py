@@ -23,12 +23,18 @@ introduces the number (`buys = 5` for "buys 5 more"), so writing code is mostly 
 
 Held-out split: a problem belongs to the test split iff a stable hash of its question text
 falls in the test bucket, so no test question is ever seen in pretraining, whatever the seeds.
+
+Questions read from a GSM8K-format file (`read_gsm8k`) may have any gold answer the verifier
+reads from `#### N`: an exact rational (an int, or a Fraction for 1687.5 or 3/4; verifier.py).
 """
 
 import hashlib
 import os
 import random
 from dataclasses import dataclass
+
+from nanorl.runtime import DataError, iter_jsonl
+from nanorl.verifier import Answer, parse_gsm8k_answer
 
 SOURCES = ("tinygsm", "omi1", "omi2", "finemath")
 MAX_DIFFICULTY = 4
@@ -58,7 +64,7 @@ class Problem:
     start: int
     steps: tuple[Step, ...]
     question: str
-    answer: int
+    answer: int  # generated answers are integers (an exact verifier.Answer)
 
     @property
     def difficulty(self) -> int:
@@ -214,15 +220,12 @@ def synthetic_documents(source: str, n: int, seed: int) -> list[str]:
 class Question:
     """A problem read from a file: only its text and gold answer are known."""
     question: str
-    answer: int
+    answer: Answer
     difficulty: int = 0
 
 
 def read_gsm8k(path: str) -> list[Question]:
     """GSM8K-format JSONL (`question`, `answer` ending in `#### N`) as RL / evaluation prompts."""
-    # imported here: data.py imports this module
-    from nanorl.data import DataError, iter_jsonl
-    from nanorl.verifier import parse_gsm8k_answer
     if not os.path.isfile(path):
         raise DataError(f"prompt file not found: {path}")
     questions = []
@@ -231,6 +234,7 @@ def read_gsm8k(path: str) -> list[Question]:
             raise DataError(f"{where}: expected an object with string 'question' and 'answer' (GSM8K format)")
         gold = parse_gsm8k_answer(str(row["answer"]))
         if gold is None:
-            raise DataError(f"{where}: 'answer' has no integer '#### N' gold answer")
+            raise DataError(f"{where}: 'answer' does not end in a numeric '#### N' gold answer; N may be "
+                            f"72, -3, 1,234, 1687.5, .5, 3/4, -3/4 or $5 (see nanorl/verifier.py)")
         questions.append(Question(row["question"], gold))
     return questions

@@ -1,5 +1,5 @@
 """
-The answer verifier: finds the final integer answer in a model's response, safely.
+The answer verifier: finds the final numeric answer in a model's response, safely.
 
 Model output is untrusted text, so this file is a security boundary. It never hands that text
 to Python (no exec, eval, compile, nor ast.parse, which compiles and can crash on deep nesting):
@@ -13,10 +13,20 @@ Formats, detected in this order (extract_answer returns (format, answer)):
            `<llm-code-output>` and `\\boxed{}` are ignored: the verifier computes the value.
   tinygsm  a line starts with `def `: `def name():` or `def name() -> int:`, then an indented
            body (a docstring and `#` comments are skipped); the answer is the first `return`.
-  omi2     text has `\\boxed{`: the LAST `\\boxed{...}` must hold an integer such as `17`,
-           ` -5 `, `$1,234` or `12.0`. Here the model did the arithmetic itself, in tokens.
+  omi2     text has `\\boxed{`: the LAST `\\boxed{...}` must hold a number (see below).
+           Here the model did the arithmetic itself, in tokens.
+  gsm8k    text has `####`: the rest of the line after the LAST `####` must hold a number,
+           as GSM8K solutions end (`#### 72`). Checked last, so that a text with any marker
+           of the three formats above is read as before this format existed.
   none     anything else.
-The answer is an int or None; a value that is not an integer (7/2) is None.
+
+Answers are exact rationals, never floats (type Answer): an int when the value is integral
+(`\\boxed{12.0}` and `return 24 / 2` both give the int 12), else a Fraction in lowest terms
+(`return 7 / 2` gives Fraction(7, 2)). So `==` compares exactly, and Fraction(5) == 5 with
+equal hashes, so votes count together. A written number (omi2, gsm8k, and GSM8K gold lines
+read by `parse_gsm8k_answer`) is an optional `-`, an optional `$` or `\\$`, then `72`, `1,234`
+(thousands commas), `1,234.5`, `.5`, `12.` (a sentence's full stop), `3/4` or `\\frac{3}{4}`
+(also `\\dfrac`); at most MAX_DIGITS digits a part, and a value within MAX_VALUE.
 
 Grammar of the interpreter (one statement per line, evaluated while it is parsed):
   stmt  := NAME '=' expr | 'return' expr | 'print' '(' expr ')' | expr
@@ -40,7 +50,7 @@ import keyword
 import operator
 from fractions import Fraction
 
-FORMATS = ("tinygsm", "omi1", "omi2")
+FORMATS = ("tinygsm", "omi1", "omi2", "gsm8k")
 NO_FORMAT = "none"
 
 MAX_CODE_CHARS = 4000    # longest code block / function we will look at
@@ -50,6 +60,8 @@ MAX_DIGITS = 30          # digits in one literal (int or decimal)
 MAX_VALUE = 10**18       # bound on |numerator| and denominator of every intermediate value
 MAX_EXPONENT = 64        # largest exponent allowed on the right of `**`
 MAX_BOXED_CHARS = 100    # longest `\boxed{...}` content or `#### N` line we parse
+
+Answer = int | Fraction  # see the docstring: an int when integral, else a Fraction
 
 _DIGITS = "0123456789"
 _NAME_START = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_"
@@ -69,12 +81,18 @@ def _check(v):
         raise VerifyError("value too large")
     return v
 
+def _decimal(whole, frac):
+    # built by hand from ASCII digits: int() would take '1_000' or '١٢', Fraction(str) '1e5'
+    if (whole + frac).strip(_DIGITS) or not 0 < len(whole + frac) <= MAX_DIGITS:
+        raise VerifyError("not a decimal number, or too many digits")
+    return Fraction(int(whole + frac), 10 ** len(frac))
+
 def _number(s):
-    # ASCII digits with an optional '.', built by hand (Fraction(str) would accept 1e5, 1/2)
+    """A literal of the interpreter: digits with an optional '.' (12, 1.5, .5, 12.)."""
     whole, _, frac = s.partition(".")
-    if len(whole) + len(frac) > MAX_DIGITS or (not frac and whole[:1] == "0" and whole.strip("0")):
-        raise VerifyError("literal too long, or a leading zero (Python rejects 012)")
-    return _check(Fraction(int(whole + frac or "0"), 10 ** len(frac)))
+    if not frac and whole[:1] == "0" and whole.strip("0"):
+        raise VerifyError("a leading zero (Python rejects 012)")
+    return _check(_decimal(whole, frac))
 
 def _arith(op, a, b):
     if op in ("/", "//", "%") and b == 0:
@@ -90,10 +108,8 @@ def _pow(a, b):
         raise VerifyError("power too large")
     return _check(a ** int(b))
 
-def _as_int(v):
-    if v.denominator != 1:
-        raise VerifyError("answer is not an integer")
-    return int(v.numerator)
+def _exact(v: Fraction) -> Answer:
+    return v.numerator if v.denominator == 1 else v
 
 # ----------------------------------------------------------------------------- lexer
 
@@ -271,21 +287,27 @@ def _run_function(code):
             return v
     raise VerifyError("no return")
 
-def _parse_int(s):
-    """' -$1,234.00 ' -> -1234; anything that is not an integer raises."""
+def _unsigned(s):
+    """'1,234.5' -> Fraction(2469, 2): digits, thousands commas, an optional '.'."""
+    whole, _, frac = s.strip().partition(".")
+    groups = whole.split(",")  # thousands commas: 1,234 but not 12,34 nor ,123
+    if len(groups) > 1 and (not 0 < len(groups[0]) < 4 or {len(g) for g in groups[1:]} != {3}):
+        raise VerifyError("misplaced thousands comma")
+    return _decimal("".join(groups), frac)
+
+def _parse_number(s):
+    """' -$1,234.5 ', '3/4', '\\frac{3}{4}' -> an exact Answer (see the docstring), else raises."""
     s = s.strip()[:MAX_BOXED_CHARS + 1]
     neg, s = s[:1] == "-", s.removeprefix("-").lstrip()
     s = (s[2:] if s.startswith("\\$") else s.removeprefix("$")).lstrip()  # $5 or LaTeX \$5
     if not neg and s.startswith("-"):  # $-5
         neg, s = True, s[1:].lstrip()
-    whole, dot, frac = s.partition(".")
-    g = whole.split(",")  # thousands commas: 1,234 but not 12,34
-    bad_commas = len(g) > 1 and (not 0 < len(g[0]) < 4 or {len(x) for x in g[1:]} != {3})
-    bad_frac = dot and (frac == "" or frac.strip("0"))  # only a trailing .0 (or .00) is allowed
-    digits = "".join(g)
-    if bad_commas or bad_frac or digits.strip(_DIGITS) or not 0 < len(digits) <= MAX_DIGITS:
-        raise VerifyError("not an integer")
-    return -int(digits) if neg else int(digits)
+    for latex in ("\\frac{", "\\dfrac{"):
+        if s.startswith(latex) and s.endswith("}"):
+            s = s[len(latex):-1].replace("}{", "/", 1)
+    top, slash, bottom = s.partition("/")
+    value = _arith("/", _unsigned(top), _unsigned(bottom)) if slash else _check(_unsigned(top))
+    return _exact(-value if neg else value)
 
 def _last_boxed(text):
     start, depth = text.rfind("\\boxed{") + len("\\boxed{"), 1
@@ -309,23 +331,25 @@ def _safe(fn):
     except (VerifyError, RecursionError):  # RecursionError: last resort, if called deep
         return None
 
-def run_block(code: str) -> int | None:
+def run_block(code: str) -> Answer | None:
     """Value of the last line of a block of statements (the omi1 rule), or None."""
-    return _safe(lambda: _as_int(_run_block(code)))
+    return _safe(lambda: _exact(_run_block(code)))
 
-def run_function(code: str) -> int | None:
+def run_function(code: str) -> Answer | None:
     """Value of the first `return` of the function that `code` starts with, or None."""
-    return _safe(lambda: _as_int(_run_function(code)))
+    return _safe(lambda: _exact(_run_function(code)))
 
 def detect_format(text: str) -> str:
     if "<llm-code>" in text:
         return "omi1"
     if text.startswith("def ") or "\ndef " in text:
         return "tinygsm"
-    return "omi2" if "\\boxed{" in text else NO_FORMAT
+    if "\\boxed{" in text:
+        return "omi2"
+    return "gsm8k" if "####" in text else NO_FORMAT
 
-def extract_answer(text: str) -> tuple[str, int | None]:
-    """(format, answer) of a model response; answer is an int or None, never raises."""
+def extract_answer(text: str) -> tuple[str, Answer | None]:
+    """(format, answer) of a model response; answer is an exact Answer or None, never raises."""
     fmt = detect_format(text) if isinstance(text, str) else NO_FORMAT
     if fmt == "omi1":
         return fmt, run_block(_llm_code(text))
@@ -333,16 +357,19 @@ def extract_answer(text: str) -> tuple[str, int | None]:
         i = 0 if text.startswith("def ") else text.find("\ndef ") + 1
         return fmt, run_function(text[i:i + MAX_CODE_CHARS + 1])
     if fmt == "omi2":
-        return fmt, _safe(lambda: _parse_int(_last_boxed(text)))
+        return fmt, _safe(lambda: _parse_number(_last_boxed(text)))
+    if fmt == "gsm8k":
+        return fmt, parse_gsm8k_answer(text)
     return NO_FORMAT, None
 
-def parse_gsm8k_answer(text: str) -> int | None:
-    """GSM8K gold solutions end with `#### N`; returns N as an int, or None."""
+def parse_gsm8k_answer(text: str) -> Answer | None:
+    """The number N of the last `#### N` line (how GSM8K solutions end), or None."""
     i = text.rfind("####") if isinstance(text, str) else -1
     line = text[i + 4:i + 4 + MAX_BOXED_CHARS + 1].partition("\n")[0] if i >= 0 else ""
-    return _safe(lambda: _parse_int(line))
+    return _safe(lambda: _parse_number(line))
 
-def is_correct(text: str, gold: int) -> bool:
-    """The binary RL reward: the extracted answer equals the gold integer."""
+def is_correct(text: str, gold: Answer) -> bool:
+    """The binary RL reward: the extracted answer equals the gold one exactly."""
     _, answer = extract_answer(text)
-    return answer is not None and isinstance(gold, int) and answer == gold
+    # a float gold is refused: it is not exact (0.1 is not 1/10)
+    return answer is not None and isinstance(gold, (int, Fraction)) and answer == gold

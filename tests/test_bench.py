@@ -18,9 +18,13 @@ def test_bench_writes_results(tmp_path, capsys):
     returned = bench.main(TINY + ["--out", str(out)])
     results = json.loads(out.read_text())
     assert results == returned
-    for key in ["sample_tokens_per_s", "naive_tokens_per_s", "speedup", "train_tokens_per_s", "mfu", "peak_flops"]:
+    for key in ["sample_tokens_per_s", "naive_tokens_per_s", "speedup", "train_tokens_per_s", "mfu", "peak_flops",
+                "sample_mfu", "grpo_step_s", "sample_s", "update_s"]:
         assert math.isfinite(results[key]) and results[key] > 0, key
     assert results["speedup"] == pytest.approx(results["sample_tokens_per_s"] / results["naive_tokens_per_s"])
+    decode_flops = 2 * results["num_params"] + 4 * 1 * 16 * (8 + 8 / 2)  # forward + attention over the mean context
+    assert results["sample_mfu"] == pytest.approx(results["sample_tokens_per_s"] * decode_flops / results["peak_flops"])
+    assert results["sample_s"] + results["update_s"] <= results["grpo_step_s"]
     assert results["device"] == "cpu" and results["dtype"] == "fp32"
     assert results["settings"]["new_tokens"] == 8 and results["model"]["n_embd"] == 16
     assert "| engine speedup" in capsys.readouterr().out

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from nanorl.engine import Generation, filter_logits, generate, left_pad, naive_generate, sequence_logprobs
+from nanorl.engine import (Generation, filter_logits, generate, left_pad, naive_generate, sample_next,
+                           sequence_logprobs)
 from conftest import sharp_gpt
 
 
@@ -68,6 +69,30 @@ def test_logprobs_match_recompute(model, temperature, top_k, top_p):
     gen = sample(model, eos_id, **kwargs)  # same seed: same samples up to the first EOS
     assert_stops_at_eos(gen, eos_id)
     torch.testing.assert_close(sequence_logprobs(model, gen, **kwargs), gen.logprobs, atol=1e-5, rtol=0)
+
+
+def test_sampling_matches_naive_token_for_token(model):
+    """Both samplers draw one uniform per row per step from the same generator: same samples."""
+    for temperature, top_p in [(1.0, 1.0), (0.7, 0.9)]:
+        kwargs = dict(temperature=temperature, top_p=top_p)
+        gen = generate(model, PROMPTS, NEW, eos_id=-1, pad_id=PAD, generator=torch.Generator().manual_seed(5), **kwargs)
+        ref = naive_generate(model, PROMPTS, NEW, eos_id=-1, pad_id=PAD, generator=torch.Generator().manual_seed(5),
+                             **kwargs)
+        assert torch.equal(gen.tokens, ref.tokens)
+        torch.testing.assert_close(gen.logprobs, ref.logprobs, atol=1e-5, rtol=0)
+
+
+def test_inverse_cdf_sampling_draws_the_distribution():
+    """Frequencies of 40,000 draws match the probabilities; filtered-out tokens are never drawn."""
+    probs = torch.tensor([0.0, 0.5, 0.0, 0.2, 0.25, 0.05, 0.0])
+    logits = probs.log().expand(40_000, -1)
+    tokens, logprobs = sample_next(logits, 1.0, 0, 1.0, torch.Generator().manual_seed(0))
+    freq = torch.bincount(tokens, minlength=len(probs)).float() / len(tokens)
+    assert (freq[probs == 0] == 0).all()
+    assert (freq - probs).abs().max() < 0.01  # 4 standard errors at p = 0.5
+    torch.testing.assert_close(logprobs, probs.log()[tokens])
+    ones = torch.tensor([[0.0, -float("inf"), 0.0]])  # the last token of the row is allowed
+    assert set(sample_next(ones.expand(1000, -1), 1.0, 0, 1.0, None)[0].tolist()) == {0, 2}
 
 
 def test_seed_reproducible(model):

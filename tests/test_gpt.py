@@ -73,6 +73,7 @@ def test_flops_per_token(model):
     n = model.num_params()
     assert model.flops_per_token(64) == 6 * n + 12 * CONFIG.n_layer * CONFIG.n_embd * 64
     assert model.flops_per_token() == model.flops_per_token(CONFIG.block_size)
+    assert model.flops_per_token(64, training=False) == 2 * n + 4 * CONFIG.n_layer * CONFIG.n_embd * 64
 
 
 def test_block_size_overflow_raises(model):

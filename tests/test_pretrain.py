@@ -114,3 +114,18 @@ def test_missing_run_directory_is_a_clear_error(tmp_path):
     (tmp_path / "half").mkdir()
     with pytest.raises(runtime.RunError, match="lacks model.pt"):
         runtime.load_run(str(tmp_path / "half"))
+
+
+@pytest.mark.parametrize("flag, value, why", [
+    ("--lr", "-1", "must be a finite number > 0, got -1"),
+    ("--batch-size", "0", "must be a positive integer, got 0"),
+    ("--grad-clip", "-0.5", "must be a finite number >= 0, got -0.5"),
+])
+def test_bad_numeric_flag_is_a_usage_error(capsys, monkeypatch, flag, value, why):
+    monkeypatch.syspath_prepend(ROOT)  # the script lives at the repo root
+    import train_pretrain
+    with pytest.raises(SystemExit) as e:
+        train_pretrain.parse_args([flag, value])
+    assert e.value.code == 2
+    assert f"argument {flag}: {why}" in capsys.readouterr().err
+    assert train_pretrain.parse_args(["--grad-clip", "0", "--warmup-steps", "0"]).grad_clip == 0.0

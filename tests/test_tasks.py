@@ -1,10 +1,13 @@
 """The math world: deterministic problems, correct renderings, a disjoint held-out split."""
 
+import json
 import random
+from fractions import Fraction
 
 import pytest
 
 from nanorl import tasks, verifier
+from nanorl.runtime import DataError
 
 
 def test_problems_are_deterministic_in_the_seed():
@@ -76,3 +79,27 @@ def test_synthetic_documents_per_source():
     assert all(verifier.extract_answer(d) == ("none", None) for d in prose)  # no question/answer pairs
     with pytest.raises(ValueError, match="unknown synthetic source"):
         tasks.synthetic_documents("gsm8k", 1, seed=0)
+
+
+def write_gsm8k(path, golds):
+    with open(path, "w") as f:
+        for i, gold in enumerate(golds):
+            f.write(json.dumps({"question": f"Q{i}?", "answer": f"Some steps.\n#### {gold}"}) + "\n")
+    return str(path)
+
+
+def test_read_gsm8k_exact_gold_answers(tmp_path):
+    golds = {"72": 72, "-3": -3, "1687.5": Fraction(3375, 2), "0.25": Fraction(1, 4), "-2.5": Fraction(-5, 2),
+             "3/4": Fraction(3, 4), "-3/4": Fraction(-3, 4), "1,234": 1234, "1,234,567.5": Fraction(2469135, 2),
+             "$5": 5, "12.": 12}
+    questions = tasks.read_gsm8k(write_gsm8k(tmp_path / "g.jsonl", golds))
+    assert [q.answer for q in questions] == list(golds.values())
+    assert [q.question for q in questions] == [f"Q{i}?" for i in range(len(golds))]
+    assert type(questions[0].answer) is int and type(questions[2].answer) is Fraction
+
+
+@pytest.mark.parametrize("bad", ["twelve", "1/0", "12,34", "1e5", ""])
+def test_read_gsm8k_bad_gold_names_file_and_line(tmp_path, bad):
+    path = write_gsm8k(tmp_path / "g.jsonl", ["5", "6", bad])
+    with pytest.raises(DataError, match="g.jsonl, line 3: .*1687.5, .5, 3/4"):
+        tasks.read_gsm8k(path)

@@ -8,6 +8,8 @@ import subprocess
 import pytest
 
 from conftest import ROOT, run_script
+from nanorl import verifier
+import train_ppo
 
 ALGOS = ["ppo", "grpo", "ei", "online_dpo", "dpo", "sft"]
 
@@ -40,7 +42,7 @@ def test_every_algo_runs_and_reports(pretrained_run, tmp_path, prefs, algo):
     assert "eval/pass@1" in metrics[0] and "eval/pass@1" in metrics[-1]
     if algo in ("ppo", "grpo", "ei", "online_dpo"):
         assert 0.0 <= metrics[1]["reward_mean"] <= 1.0
-        assert abs(sum(metrics[1][f"share/{f}"] for f in ("tinygsm", "omi1", "omi2", "none")) - 1) < 1e-9
+        assert abs(sum(metrics[1][f"share/{f}"] for f in (*verifier.FORMATS, verifier.NO_FORMAT)) - 1) < 1e-9
     if algo == "ppo":
         assert {"vf_loss", "clipfrac", "approx_kl", "kl_ref", "entropy"} <= set(metrics[1])
     for png in ("format_share.png", "pass_at_k.png", "pass_at_1_by_difficulty.png"):
@@ -102,3 +104,17 @@ def test_ddp_two_cpu_processes(pretrained_run, tmp_path, algo):
     assert all(abs(metrics[1][f"share/{f}"] * 4 - round(metrics[1][f"share/{f}"] * 4)) < 1e-9
                for f in ("tinygsm", "omi1", "omi2", "none"))
     assert json.loads((out / "config.json").read_text())["world_size"] == 2
+
+
+@pytest.mark.parametrize("flag,value", [("--lr", "-1"), ("--samples", "0"), ("--temperature", "0"), ("--clip", "-0.1")])
+def test_bad_numeric_flag_is_one_clear_error(capsys, flag, value):
+    with pytest.raises(SystemExit) as exit_info:
+        train_ppo.parse_args(["--init", "runs/x", flag, value])
+    assert exit_info.value.code == 2
+    assert flag in capsys.readouterr().err
+
+
+def test_learned_reward_gets_a_kl_penalty_by_default():
+    assert train_ppo.parse_args(["--init", "x"]).kl_coef == 0.0
+    assert train_ppo.parse_args(["--init", "x", "--reward", "rm", "--rm", "y"]).kl_coef == train_ppo.RM_KL_COEF > 0
+    assert train_ppo.parse_args(["--init", "x", "--reward", "rm", "--rm", "y", "--kl-coef", "0"]).kl_coef == 0.0

@@ -1,8 +1,10 @@
-"""Tests for nanorl/verifier.py: the formats, the arithmetic, GSM8K golds, and hostile input."""
+"""Tests for nanorl/verifier.py: the formats, exact answers, the arithmetic, GSM8K golds, and
+hostile input."""
 
 import operator
 import random
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -38,7 +40,7 @@ OMI1 = ("Let's use Python.\n<llm-code>\napples = 12\nsold = 5\napples - sold\n</
 # ----------------------------------------------------------------------------- formats
 
 def test_constants():
-    assert FORMATS == ("tinygsm", "omi1", "omi2")
+    assert FORMATS == ("tinygsm", "omi1", "omi2", "gsm8k")
     assert NO_FORMAT == "none"
 
 
@@ -47,7 +49,7 @@ def test_constants():
     (TINYGSM_DOC, ("tinygsm", 17)),
     ("def f():\n    '''One line.'''\n    x = 3 * 4\n    return x // 5\n", ("tinygsm", 2)),
     ("def f() -> int:\n    total = 10 / 4\n    return total * 2\n", ("tinygsm", 5)),  # 5.0
-    ("def f():\n    return 7 / 2\n", ("tinygsm", None)),            # not an integer
+    ("def f():\n    return 7 / 2\n", ("tinygsm", Fraction(7, 2))),  # exact, not 3.5
     ("def f():\n    x = 1\n", ("tinygsm", None)),                     # no return
     ("def f():\n    x = crayons\n    return x\n", ("tinygsm", None)),  # unknown name
     ("def f():\n    return 1\n    return 2\n", ("tinygsm", 1)),      # first return wins
@@ -99,15 +101,36 @@ def test_omi1(text, expected):
     ("\\boxed{12.0}", 12),
     ("first \\boxed{3} then \\boxed{4}", 4),      # the last one counts
     ("\\boxed{x}", None),
-    ("\\boxed{3.5}", None),
+    ("\\boxed{3.5}", Fraction(7, 2)), ("\\boxed{-2.5}", Fraction(-5, 2)), ("\\boxed{.25}", Fraction(1, 4)),
+    ("\\boxed{3/4}", Fraction(3, 4)), ("\\boxed{-3/4}", Fraction(-3, 4)), ("\\boxed{6/4}", Fraction(3, 2)),
+    ("\\boxed{1,234.5}", Fraction(2469, 2)), ("\\boxed{24/2}", 12), ("\\boxed{3/0}", None),
     ("\\boxed{12,34}", None), ("\\boxed{,123}", None), ("\\boxed{1,2345}", None),
-    ("\\boxed{$-5}", -5), ("\\boxed{-$5}", -5), ("\\boxed{--5}", None), ("\\boxed{12.}", None),
-    ("\\boxed{\\frac{1}{2}}", None),
+    ("\\boxed{$-5}", -5), ("\\boxed{-$5}", -5), ("\\boxed{--5}", None), ("\\boxed{12.}", 12),
+    ("\\boxed{\\frac{1}{2}}", Fraction(1, 2)), ("\\boxed{-\\dfrac{6}{4}}", Fraction(-3, 2)),
+    ("\\boxed{\\frac{1}{x}}", None), ("\\boxed{1.5.}", None), ("\\boxed{1/2/3}", None),
+    ("\\boxed{1e5}", None), ("\\boxed{1_000}", None), ("\\boxed{+5}", None),
     ("\\boxed{17", None),                          # never closed
     ("\\boxed{" + "9" * 40 + "}", None),           # too many digits
 ])
 def test_omi2(text, expected):
     assert extract_answer(text) == ("omi2", expected)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("So she has 5 + 7 = 12.\n#### 12", 12),
+    ("#### 1,234.5", Fraction(2469, 2)), ("#### -3/4", Fraction(-3, 4)), ("#### $5", 5),
+    ("#### 3\n#### 4", 4),                        # the last one counts
+    ("#### 12 apples", None), ("####", None),
+])
+def test_gsm8k(text, expected):
+    assert extract_answer(text) == ("gsm8k", expected)
+
+
+def test_answers_are_int_when_integral_else_fraction():
+    assert type(extract_answer("\\boxed{12.0}")[1]) is int
+    assert type(run_block("10 / 5")) is int and run_block("10 / 4") == Fraction(5, 2)
+    assert extract_answer("<llm-code>\nx = 7\nx / 2\n</llm-code>") == ("omi1", Fraction(7, 2))
+    assert extract_answer("<llm-code>\n0.1 + 0.2\n</llm-code>") == ("omi1", Fraction(3, 10))
 
 
 def test_none_format():
@@ -117,9 +140,11 @@ def test_none_format():
 
 
 def test_format_order():
-    # <llm-code> beats def beats \boxed{}
+    # <llm-code> beats def beats \boxed{} beats ####
     assert extract_answer("def f():\n    return 1\n<llm-code>\n2\n</llm-code>") == ("omi1", 2)
     assert extract_answer("\\boxed{5}\ndef f():\n    return 1\n") == ("tinygsm", 1)
+    assert extract_answer("#### 6\nso \\boxed{5}") == ("omi2", 5)
+    assert extract_answer("#### 6\n<llm-code>\n2\n</llm-code>") == ("omi1", 2)
 
 
 def test_is_correct():
@@ -128,13 +153,17 @@ def test_is_correct():
     assert is_correct(OMI1, 7)
     assert not is_correct("no answer here", 0)
     assert not is_correct("\\boxed{x}", 0)
+    assert is_correct("\\boxed{3.5}", Fraction(7, 2)) and is_correct("#### 7/2", Fraction(7, 2))
+    assert is_correct("\\boxed{5.0}", Fraction(5)) and is_correct("\\boxed{5}", Fraction(5))
+    assert not is_correct("\\boxed{3.5}", 3.5)  # a float gold is not exact: refused
+    assert not is_correct("\\boxed{0.33}", Fraction(1, 3))
 
 
 # ----------------------------------------------------------------------------- arithmetic
 
 @pytest.mark.parametrize("code, expected", [
     ("7 // 2", 3), ("-7 // 2", -4), ("7 % 3", 1), ("-7 % 3", 2), ("7 % -3", -2),
-    ("14 / 2", 7), ("7 / 2", None), ("7 / 2 * 2", 7), ("7.5 // 2", 3), ("0.1 + 0.2 - 0.3", 0),
+    ("14 / 2", 7), ("7 / 2", Fraction(7, 2)), ("7 / 2 * 2", 7), ("7.5 // 2", 3), ("0.1 + 0.2 - 0.3", 0),
     ("2 ** 10", 1024), ("2 ** 3 ** 2", 512), ("-2 ** 2", -4), ("(-2) ** 2", 4), ("2 ** 0", 1),
     ("2 ** -1", None), ("2 ** 0.5", None), ("4 ** (1/2)", None),
     ("1 + 2 * 3", 7), ("(1 + 2) * 3", 9), ("10 - 4 - 3", 3), ("100 / 10 / 5", 2),
@@ -193,8 +222,13 @@ def test_statement_and_length_bounds():
 
 @pytest.mark.parametrize("text, expected", [
     ("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n48+24 = <<48+24=72>>72\n#### 72", 72),
-    ("#### 1,000", 1000), ("#### -5", -5), ("#### $5", 5), ("####  42 \n", 42),
-    ("no marker here", None), ("#### ", None), ("#### 3.5", None),
+    ("#### 1,000", 1000), ("#### -5", -5), ("#### $5", 5), ("####  42 \n", 42), ("#### 72.", 72),
+    ("#### 1687.5", Fraction(3375, 2)), ("#### 0.25", Fraction(1, 4)), ("#### .5", Fraction(1, 2)),
+    ("#### -2.5", Fraction(-5, 2)), ("#### 3/4", Fraction(3, 4)), ("#### -3/4", Fraction(-3, 4)),
+    ("#### 1,234", 1234), ("#### 1,234,567.5", Fraction(2469135, 2)), ("#### $1,234.50", Fraction(2469, 2)),
+    ("#### \\$-5", -5), ("#### 12.0", 12),
+    ("no marker here", None), ("#### ", None), ("#### 1/0", None), ("#### 12,34", None),
+    ("#### " + "9" * 19, None),  # beyond MAX_VALUE
 ])
 def test_parse_gsm8k_answer(text, expected):
     assert parse_gsm8k_answer(text) == expected
@@ -260,9 +294,9 @@ def test_random_bytes_and_fragments_never_raise():
             text = "".join(rng.choice(fragments) for _ in range(rng.randrange(60)))
         fmt, answer = extract_answer(text)
         assert fmt in FORMATS + (NO_FORMAT,)
-        assert answer is None or type(answer) is int
+        assert answer is None or type(answer) is int or (type(answer) is Fraction and answer.denominator > 1)
         assert isinstance(is_correct(text, 1), bool)
-        assert parse_gsm8k_answer(text) is None or type(parse_gsm8k_answer(text)) is int
+        assert type(parse_gsm8k_answer(text)) in (type(None), int, Fraction)
     elapsed = time.perf_counter() - t0
     assert elapsed < 2.0, f"fuzz took {elapsed:.2f}s"
 
@@ -277,4 +311,4 @@ def test_source_never_runs_python():
     src = Path(verifier.__file__).read_text()
     for banned in ("exec(", "eval(", "compile(", "import ast", "import re", "__import__"):
         assert banned not in src, banned
-    assert len(src.splitlines()) < 350
+    assert len(src.splitlines()) < 400

@@ -1,0 +1,194 @@
+"""Many train_ppo.py run directories -> one table with mean ± std over seeds (cleanrl-style).
+
+    python -m nanorl.compare runs/grpo_s1 runs/grpo_s2 runs/grpo_s3 runs/ppo_s1 runs/ppo_s2 --out runs/compare
+
+Grouping: runs whose config.json "args" are equal once the flags in NOT_EXPERIMENT are dropped
+(seed, and flags that say where or how a run was executed, not what was run) are seeds of one
+experiment and form a group ("args" holds --init, so the starting model is part of the key). A
+group is named by the flags that differ between groups, in argparse order ("algo=grpo
+kl_coef=0.1"), or "algo=..." when there is one group. Two runs of one group with the same seed
+are an error: averaging a duplicate would shrink the std.
+
+Per run, from eval.json "after" (greedy unless named): pass@1, pass@k and maj@k (sampled),
+pass@1 by difficulty, greedy and sampled format shares, and the winner (largest greedy share,
+ties to the earlier format of verifier.FORMATS; "none" competes too: a collapse onto unparseable
+text must not pass as a win); "before" pass@1.
+From metrics.jsonl (training steps, those with "share/*"): the first step at which the omi2 share
+of the samples is below 5%, the share of each format over the last 10 steps, and the training
+time (sum of the per-step "time": rollout and update, without the held-out evaluations).
+Missing values (offline algorithms sample nothing; omi2 may never fall below 5%) are null.
+
+Per group: each metric's per-seed values, their mean and sample std (ddof=1; null for fewer than
+two values), computed over the values that exist (the table then says "(2/3)"); wins per format.
+Formats that no run ever produced (all shares zero or absent) are left out everywhere.
+
+Writes DIR/summary.json, DIR/summary.md (also printed) and, per group, DIR/<group>_format_share.png
+(characters other than letters, digits and ._=- become _): the training-sample share of each
+format over steps, mean over seeds with a min-max band (min-max rather than ± std: with 2-3
+seeds it shows every seed's curve inside it).
+"""
+
+import argparse
+import json
+import os
+import re
+import statistics
+from collections import Counter
+
+from nanorl import runtime, verifier
+from nanorl.runtime import RunError
+
+# micro_batch and ckpt_every change memory and bookkeeping, not results (see train_ppo.py --help)
+NOT_EXPERIMENT = ("seed", "out", "resume", "stop_after", "device", "micro_batch", "ckpt_every")
+ALL_FORMATS = (*verifier.FORMATS, verifier.NO_FORMAT)
+COLLAPSE_FORMAT, COLLAPSE_BELOW = "omi2", 0.05  # the inaccurate format whose exit is the Echo Chamber's first sign
+LAST_STEPS = 10
+
+
+def read_metrics(path: str) -> list[dict]:
+    """One record per step, sorted; a --resume re-logs the steps after its checkpoint, the later record wins."""
+    by_step = {}
+    for where, record in runtime.iter_jsonl(path):
+        if "step" not in record:
+            raise RunError(f"{where}: no \"step\"; is this a train_ppo.py metrics.jsonl?")
+        by_step[record["step"]] = record
+    return [by_step[step] for step in sorted(by_step)]
+
+
+def read_run(path: str) -> dict:
+    runtime.require_run_dir(path, files=("config.json", "metrics.jsonl", "eval.json"), made_by="train_ppo.py")
+    config = runtime.read_json(os.path.join(path, "config.json"))
+    if "args" not in config:
+        raise RunError(f"{path}/config.json has no 'args': not a train_ppo.py run directory")
+    metrics = read_metrics(os.path.join(path, "metrics.jsonl"))
+    return {"dir": path, "args": config["args"], "eval": runtime.read_json(os.path.join(path, "eval.json")),
+            "metrics": metrics, "rollouts": [m for m in metrics if f"share/{verifier.NO_FORMAT}" in m]}
+
+
+def experiment(args: dict) -> dict:
+    return {k: v for k, v in args.items() if k not in NOT_EXPERIMENT}
+
+
+def group_runs(runs: list[dict]) -> list[list[dict]]:
+    """Runs with equal experiment() args, in order of first appearance, each group sorted by seed."""
+    groups = {}
+    for run in runs:
+        groups.setdefault(json.dumps(experiment(run["args"]), sort_keys=True), []).append(run)
+    for members in groups.values():
+        seeds = Counter(r["args"]["seed"] for r in members)
+        if max(seeds.values()) > 1:
+            dirs = [r["dir"] for r in members if seeds[r["args"]["seed"]] > 1]
+            raise RunError(f"{', '.join(dirs)} are the same experiment with the same seed; pass only one of them")
+        members.sort(key=lambda r: r["args"]["seed"])
+    return list(groups.values())
+
+
+def group_names(groups: list[list[dict]]) -> list[str]:
+    configs = [experiment(g[0]["args"]) for g in groups]
+    flags = dict.fromkeys(k for c in configs for k in c)  # argparse order
+    differing = [k for k in flags if len({json.dumps(c.get(k)) for c in configs}) > 1] or ["algo"]
+    return [" ".join(f"{k}={c.get(k)}" for k in differing) for c in configs]
+
+
+def formats_seen(runs: list[dict]) -> list[str]:
+    def shares(run, fmt):
+        evals = [run["eval"][when][key] for when in ("before", "after")
+                 for key in ("format_share", "sampled_format_share")]
+        return [e.get(fmt, 0.0) for e in evals] + [m.get(f"share/{fmt}", 0.0) for m in run["rollouts"]]
+    return [fmt for fmt in ALL_FORMATS if any(any(shares(run, fmt)) for run in runs)]
+
+
+def run_values(run: dict, formats: list[str]) -> dict:
+    """Every metric of one run by its table label; None where the run has no value for it."""
+    before, after, rollouts = run["eval"]["before"], run["eval"]["after"], run["rollouts"]
+    last = rollouts[-LAST_STEPS:]
+    values = {"pass@1 before": before["pass@1"], "pass@1": after["pass@1"], "pass@k": after["pass@k"],
+              "maj@k": after["maj@k"]}
+    values.update({f"pass@1 difficulty {d}": v for d, v in after["pass@1_by_difficulty"].items()})
+    values.update({f"greedy share {fmt}": after["format_share"].get(fmt, 0.0) for fmt in formats})
+    values.update({f"sampled share {fmt}": after["sampled_format_share"].get(fmt, 0.0) for fmt in formats})
+    values.update({f"training share {fmt} (last {LAST_STEPS} steps)":
+                   statistics.fmean(m.get(f"share/{fmt}", 0.0) for m in last) if last else None for fmt in formats})
+    values[f"{COLLAPSE_FORMAT} below {COLLAPSE_BELOW:.0%} by step"] = next(
+        (m["step"] for m in rollouts if m.get(f"share/{COLLAPSE_FORMAT}", 0.0) < COLLAPSE_BELOW), None)
+    times = [m["time"] for m in run["metrics"] if "time" in m]
+    values["training time (s)"] = sum(times) if times else None
+    return values
+
+
+def stats(values: list) -> dict:
+    present = [v for v in values if v is not None]
+    return {"values": values, "n": len(present), "mean": statistics.fmean(present) if present else None,
+            "std": statistics.stdev(present) if len(present) > 1 else None}
+
+
+def summarize(name: str, runs: list[dict], formats: list[str]) -> dict:
+    per_run = [run_values(run, formats) for run in runs]
+    labels = dict.fromkeys(label for values in per_run for label in values)
+    winners = [max(formats, key=lambda f: run["eval"]["after"]["format_share"].get(f, 0.0)) for run in runs]
+    return {"name": name, "n": len(runs), "runs": [r["dir"] for r in runs], "seeds": [r["args"]["seed"] for r in runs],
+            "plot": plot_name(name) if all(r["rollouts"] for r in runs) else None,  # dpo, sft sample nothing
+            "winners": winners, "wins": dict(Counter(winners).most_common()),
+            "metrics": {label: stats([values.get(label) for values in per_run]) for label in labels}}
+
+
+def plot_name(group_name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", group_name) + "_format_share.png"
+
+
+def plot_format_share(path: str, group: dict, runs: list[dict], formats: list[str]):
+    """Mean over seeds and min-max band, at the steps every run of the group logged."""
+    by_step = [{m["step"]: m for m in run["rollouts"]} for run in runs]
+    steps = sorted(set.intersection(*(set(s) for s in by_step)))
+    series = {}
+    for fmt in formats:
+        columns = [[s[step].get(f"share/{fmt}", 0.0) for s in by_step] for step in steps]
+        series[fmt] = (steps, [statistics.fmean(c) for c in columns], [min(c) for c in columns],
+                       [max(c) for c in columns])
+    title = f"Format of training samples, {group['name']} (mean, min-max over {group['n']} seeds)"
+    runtime.plot_bands(path, series, title, "step", "share of samples", ylim=(0, 1))
+
+
+def cell(stat: dict | None) -> str:
+    if stat is None or stat["mean"] is None:
+        return "-"
+    digits = 3 if abs(stat["mean"]) <= 1 else 1
+    text = f"{stat['mean']:.{digits}f}" + (f" ± {stat['std']:.{digits}f}" if stat["std"] is not None else "")
+    return text + (f" ({stat['n']}/{len(stat['values'])})" if stat["n"] < len(stat["values"]) else "")
+
+
+def markdown(groups: list[dict]) -> str:
+    labels = dict.fromkeys(label for g in groups for label in g["metrics"])
+    rows = ["| | " + " | ".join(g["name"] for g in groups) + " |", "|---" * (len(groups) + 1) + "|",
+            "| seeds | " + " | ".join(f"n={g['n']} ({', '.join(map(str, g['seeds']))})" for g in groups) + " |",
+            "| wins (greedy format after) | " +
+            " | ".join(", ".join(f"{f} {n}" for f, n in g["wins"].items()) for g in groups) + " |"]
+    rows += [f"| {label} | " + " | ".join(cell(g["metrics"].get(label)) for g in groups) + " |" for label in labels]
+    return "\n".join(rows) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", help="train_ppo.py run directories (finished: with eval.json)")
+    p.add_argument("--out", default="runs/compare", help="directory for summary.json, summary.md and the plots")
+    args = p.parse_args(argv)
+    runs = [read_run(path) for path in args.runs]
+    if any(os.path.abspath(args.out) == os.path.abspath(path) for path in args.runs):
+        raise RunError(f"--out {args.out} is one of the runs compared; pick a new directory")
+    os.makedirs(args.out, exist_ok=True)
+    formats, grouped = formats_seen(runs), group_runs(runs)
+    groups = [summarize(name, members, formats) for name, members in zip(group_names(grouped), grouped)]
+    for group, members in zip(groups, grouped):
+        if group["plot"]:
+            plot_format_share(os.path.join(args.out, group["plot"]), group, members, formats)
+    table = markdown(groups)
+    runtime.write_json(os.path.join(args.out, "summary.json"),
+                       {"formats": formats, "band": "min-max", "groups": groups})
+    with open(os.path.join(args.out, "summary.md"), "w") as f:
+        f.write(table + "\n" + "".join(f"![{g['name']}]({g['plot']})\n" for g in groups if g["plot"]))
+    print(table)
+    print(f"wrote {args.out}/ (summary.json, summary.md, *_format_share.png)")
+
+
+if __name__ == "__main__":
+    runtime.run_cli(main)
