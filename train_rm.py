@@ -51,7 +51,8 @@ from nanorl import evals, runtime, verifier
 from nanorl.engine import generate, pack
 from nanorl.reward import (Pair, ScalarModel, bradley_terry_loss, gold_reward, pairs_to_generation,
                            preference_pairs, read_preferences, save_scalar_model, score)
-from nanorl.runtime import RunError, print0
+from nanorl.runtime import (RunError, non_negative_float, non_negative_int, positive_float, positive_int,
+                            print0)
 from nanorl.tasks import problem_set
 
 PRESETS = {
@@ -70,31 +71,31 @@ def parse_args(argv=None):
     p.add_argument("--init", default="runs/pretrain", help="pretrained run directory: backbone and sampling policy")
     p.add_argument("--out", default="runs/rm", help="run directory to write")
     p.add_argument("--prefs", default=None, help="JSONL file of {prompt, chosen, rejected} texts instead of sampling")
-    p.add_argument("--val-fraction", type=float, default=0.1,
+    p.add_argument("--val-fraction", type=non_negative_float, default=0.1,
                    help="with --prefs: share of the distinct prompts held out, each with all its pairs")
     p.add_argument("--shift-init", default=None, help="another policy's run directory: also report held-out "
                                                       "accuracy on pairs from its samples")
-    p.add_argument("--n-prompts", type=int, help="training problems to sample responses for")
-    p.add_argument("--n-eval-prompts", type=int, help="held-out test problems for held-out pairs")
-    p.add_argument("--n-calib-prompts", type=int, help="more training problems whose samples set the score scale "
+    p.add_argument("--n-prompts", type=positive_int, help="training problems to sample responses for")
+    p.add_argument("--n-eval-prompts", type=positive_int, help="held-out test problems for held-out pairs")
+    p.add_argument("--n-calib-prompts", type=positive_int, help="more training problems whose samples set the score scale "
                                                        "(unused with --prefs: it calibrates on the training pairs)")
-    p.add_argument("--samples-per-prompt", type=int, help="responses sampled per problem (K)")
-    p.add_argument("--pairs-per-prompt", type=int, default=3, help="at most this many pairs per problem")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
-    p.add_argument("--max-new-tokens", type=int, help="longest sampled response (capped by the context)")
-    p.add_argument("--sample-batch", type=int, help="problems per sampling call")
-    p.add_argument("--quality-coef", type=float, default=0.1, help="weight of the shortness term in gold rewards")
-    p.add_argument("--label-noise", type=float, default=0.0, help="probability of flipping each training label")
-    p.add_argument("--epochs", type=int, help="passes over the training pairs")
-    p.add_argument("--batch-size", type=int, help="pairs per optimizer step")
-    p.add_argument("--lr", type=float, help="peak learning rate (AdamW)")
-    p.add_argument("--warmup-steps", type=int, help="linear warm-up steps, then linear decay to 0")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay on matrices")
-    p.add_argument("--grad-clip", type=float, default=1.0, help="max global gradient norm (0 = off)")
+    p.add_argument("--samples-per-prompt", type=positive_int, help="responses sampled per problem (K)")
+    p.add_argument("--pairs-per-prompt", type=positive_int, default=3, help="at most this many pairs per problem")
+    p.add_argument("--temperature", type=positive_float, default=1.0, help="sampling temperature")
+    p.add_argument("--max-new-tokens", type=positive_int, help="longest sampled response (capped by the context)")
+    p.add_argument("--sample-batch", type=positive_int, help="problems per sampling call")
+    p.add_argument("--quality-coef", type=non_negative_float, default=0.1, help="weight of the shortness term in gold rewards")
+    p.add_argument("--label-noise", type=non_negative_float, default=0.0, help="probability of flipping each training label")
+    p.add_argument("--epochs", type=positive_int, help="passes over the training pairs")
+    p.add_argument("--batch-size", type=positive_int, help="pairs per optimizer step")
+    p.add_argument("--lr", type=positive_float, help="peak learning rate (AdamW)")
+    p.add_argument("--warmup-steps", type=non_negative_int, help="linear warm-up steps, then linear decay to 0")
+    p.add_argument("--weight-decay", type=non_negative_float, default=0.0, help="AdamW weight decay on matrices")
+    p.add_argument("--grad-clip", type=non_negative_float, default=1.0, help="max global gradient norm (0 = off)")
     p.add_argument("--margin", type=float, default=0.0, help="BT margin: loss -log sigmoid(r_c - r_r - margin)")
-    p.add_argument("--center-coef", type=float, default=0.0, help="weight of the centring term E[(r_c + r_r)^2]")
-    p.add_argument("--eval-every", type=int, help="steps between held-out evaluations (0: end of each epoch only)")
-    p.add_argument("--log-every", type=int, default=1, help="steps between printed log lines")
+    p.add_argument("--center-coef", type=non_negative_float, default=0.0, help="weight of the centring term E[(r_c + r_r)^2]")
+    p.add_argument("--eval-every", type=non_negative_int, help="steps between held-out evaluations (0: end of each epoch only)")
+    p.add_argument("--log-every", type=positive_int, default=1, help="steps between printed log lines")
     p.add_argument("--seed", type=int, default=1337, help="seed for problems, sampling, labels and batches")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--dtype", default="auto", help="auto | fp32 | bf16 (autocast)")
@@ -106,10 +107,6 @@ def parse_args(argv=None):
         raise RunError(f"--label-noise must be in [0, 1], got {args.label_noise}")
     if args.prefs and args.shift_init:
         raise RunError("--shift-init samples held-out pairs from a policy; it cannot be combined with --prefs")
-    if args.epochs < 1 or args.batch_size < 1:
-        raise RunError(f"--epochs and --batch-size must be at least 1, got {args.epochs} and {args.batch_size}")
-    if not args.prefs and args.n_calib_prompts < 1:
-        raise RunError(f"--n-calib-prompts must be at least 1, got {args.n_calib_prompts}")
     if args.samples_per_prompt < 2:
         raise RunError(f"--samples-per-prompt must be at least 2 to form pairs, got {args.samples_per_prompt}")
     return args
