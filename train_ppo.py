@@ -12,17 +12,24 @@ them (verifier: 1 if the extracted answer equals the gold one, else 0; or a rewa
 updates the policy with the chosen algorithm (nanorl/algos.py, maths in nanorl/rl.py). Every
 step logs reward, format shares and per-format accuracy of the samples (the Echo Chamber's
 signature), length, KL to the reference and entropy; periodically greedy pass@1 and sampled
-pass@k / maj@k on held-out problems. Writes metrics.jsonl, eval.json ({"before", "after"}),
-plots, model.pt / config.json / tokenizer.json (a run directory like any other) and ckpt.pt.
+pass@k / maj@k on held-out problems.
+
+Reads --init (a run of kind pretrain or policy), --rm (kind rm) and --prompts / --prefs files,
+and checks them all before it writes --out, a run directory of kind "policy" (nanorl/rundir.py):
+metrics.jsonl, eval.json ({"before", "after"}), plots, model.pt, config.json, tokenizer.json and
+ckpt.pt. An --out that holds a run is refused unless --resume (continue it) or --overwrite
+(replace it) is given; an --out inside an input run always is. Prompts with no room left for
+--max-new-tokens in the context are skipped (the log says how many). Ctrl-C stops after the
+step in progress and saves ckpt.pt, so --resume continues exactly.
 
 DDP: prompts are sharded by rank, gradients averaged by DDP, statistics all-reduced.
 """
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
-import shutil
 import sys
 import time
 
@@ -30,9 +37,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from nanorl import algos, evals, rl, runtime, tasks, verifier
+from nanorl import algos, evals, rl, rundir, runtime, tasks, verifier
 from nanorl.engine import pack
-from nanorl.reward import Pair, load_scalar_model, read_preferences, score, value_model
+from nanorl.reward import Pair, read_preferences, score, value_model
 from nanorl.runtime import RunError, non_negative_float, positive_float, positive_int, print0
 
 ALGOS = ("ppo", "grpo", "ei", "dpo", "online_dpo", "sft")
@@ -51,17 +58,19 @@ PRESETS = {
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--init", required=True, help="pretrained run directory (train_pretrain.py --out)")
-    p.add_argument("--out", default="runs/ppo", help="run directory to write")
+    p = runtime.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--init", required=True, help="run directory to start from: train_pretrain.py's, or a "
+                                                 "fine-tuned policy's (train_ppo.py's)")
+    p.add_argument("--out", default="runs/ppo", help="run directory to write (never one of the inputs)")
     p.add_argument("--algo", default="ppo", choices=ALGOS, help="update rule")
     p.add_argument("--preset", default="tiny", choices=PRESETS, help="named size; other flags override it")
     p.add_argument("--reward", default="verifier", choices=("verifier", "rm"), help="reward source")
     p.add_argument("--rm", help="reward-model run directory (train_rm.py --out), with --reward rm")
     p.add_argument("--prompts", help="GSM8K-format JSONL of training prompts (default: the synthetic world)")
-    p.add_argument("--min-difficulty", type=positive_int, default=1, help="easiest training problems (steps)")
-    p.add_argument("--max-difficulty", type=positive_int, default=4, help="hardest training problems (steps)")
-    p.add_argument("--eval-max-difficulty", type=positive_int, default=4, help="hardest held-out problems")
+    steps = range(1, tasks.MAX_DIFFICULTY + 1)
+    p.add_argument("--min-difficulty", type=int, choices=steps, default=1, help="easiest training problems (steps)")
+    p.add_argument("--max-difficulty", type=int, choices=steps, default=4, help="hardest training problems (steps)")
+    p.add_argument("--eval-max-difficulty", type=int, choices=steps, default=4, help="hardest held-out problems")
     p.add_argument("--max-steps", type=positive_int, help="policy updates (EI: rounds)")
     p.add_argument("--prompts-per-step", type=positive_int, help="prompts per rollout (over all ranks)")
     p.add_argument("--samples", type=positive_int, help="responses per prompt (GRPO group size, EI k, online DPO K)")
@@ -97,7 +106,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=1337, help="seed for prompts, sampling and updates")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--dtype", default="auto", help="auto | fp32 | bf16 (autocast)")
-    p.add_argument("--resume", action="store_true", help="continue from --out/ckpt.pt")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its ckpt.pt")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it already holds a run")
     p.add_argument("--stop-after", type=positive_int, default=None, help="save a checkpoint and exit after this step")
     args = p.parse_args(argv)
     for key, value in PRESETS[args.preset].items():
@@ -107,6 +117,13 @@ def parse_args(argv=None):
         args.kl_coef = RM_KL_COEF if args.reward == "rm" else 0.0
     if args.reward == "rm" and not args.rm:
         p.error("--reward rm needs --rm DIR (a train_rm.py run directory)")
+    if args.rm and args.reward != "rm":
+        p.error("--rm is read only with --reward rm; add --reward rm, or drop --rm")
+    if args.prefs and args.algo not in ("dpo", "sft"):
+        p.error(f"--prefs is read only by --algo dpo and sft, not {args.algo}")
+    if args.samples < 2 and (args.algo in ("grpo", "online_dpo") or args.algo in ("dpo", "sft") and not args.prefs):
+        p.error(f"--samples {args.samples}: --algo {args.algo} compares the responses to each prompt (GRPO's group "
+                f"advantages, preference pairs), so it needs --samples 2 or more")
     if args.min_difficulty > args.max_difficulty:
         p.error("--min-difficulty is larger than --max-difficulty")
     return args
@@ -120,11 +137,38 @@ def rl_config(args) -> algos.RLConfig:
                           dpo_beta=args.dpo_beta, dpo_kind=args.dpo_kind)
 
 
-def training_prompts(args):
+def prompt_lengths(problems, tokenizer) -> list[int]:
+    return [len(ids) for ids in evals.encode_prompts(tokenizer, [p.question for p in problems])]
+
+
+def prompt_room(args, policy, tokenizer, eval_problems) -> int:
+    """Prompt tokens that --max-new-tokens leaves in the policy's context (a reward model's is no shorter).
+    Every held-out problem must fit: skipping some would change the benchmark."""
+    block_size, longest = policy.config.block_size, max(prompt_lengths(eval_problems, tokenizer))
+    if longest + args.max_new_tokens > block_size:
+        raise RunError(f"--max-new-tokens {args.max_new_tokens} does not fit the context: --init {args.init} has "
+                       f"block_size {block_size} and held-out prompts take up to {longest} tokens; use "
+                       f"--max-new-tokens {block_size - longest} or less")
+    return block_size - args.max_new_tokens
+
+
+def training_prompts(args, tokenizer, room: int, info) -> list:
+    """The training problems whose prompt fits in `room` tokens; longer ones are skipped, and said so."""
     if args.prompts:
-        return tasks.read_gsm8k(args.prompts)
-    return tasks.problem_set("train", args.n_train_prompts, seed=args.seed,
-                             difficulties=range(args.min_difficulty, args.max_difficulty + 1))
+        source, problems = f"--prompts {args.prompts}", tasks.read_gsm8k(args.prompts)
+    else:
+        difficulties = range(args.min_difficulty, args.max_difficulty + 1)
+        source, problems = "synthetic pool", tasks.problem_set("train", args.n_train_prompts, args.seed, difficulties)
+    lengths = prompt_lengths(problems, tokenizer)
+    kept = [p for p, n in zip(problems, lengths) if n <= room]
+    if not kept:
+        raise RunError(f"{source}: none of its {len(problems)} prompts fits the context: the shortest is "
+                       f"{min(lengths)} tokens, and --max-new-tokens {args.max_new_tokens} leaves room for {room}; "
+                       f"lower --max-new-tokens or give shorter prompts")
+    if len(kept) < len(problems):
+        print0(f"{source}: skipped {len(problems) - len(kept)} of {len(problems)} prompts longer than the {room} "
+               f"tokens --max-new-tokens {args.max_new_tokens} leaves (the longest has {max(lengths)})", info=info)
+    return kept
 
 
 def step_problems(pool, step, args, info):
@@ -161,17 +205,17 @@ def evaluate(policy, tokenizer, problems, args, device, dtype) -> dict:
                               max_new_tokens=args.max_new_tokens, seed=args.seed)
 
 
-def build_models(args, device, info):
+def build_models(args, device):
     """Policy (trained), reference (frozen copy), reward model (frozen, --reward rm), value model (PPO)."""
-    policy, tokenizer, init_config = runtime.load_run(args.init, device)
+    policy, tokenizer, init_config = rundir.load_policy(args.init, "--init", device)
     ref = copy.deepcopy(policy).requires_grad_(False)
     reward_model = value = None
     if args.reward == "rm":
-        reward_model, rm_tokenizer, _ = load_scalar_model(args.rm, device)
-        if rm_tokenizer.to_json() != tokenizer.to_json():
-            raise RunError(f"--rm {args.rm} uses a different tokenizer from --init {args.init}; "
+        reward_model, rm_tokenizer, _ = rundir.load_reward_model(args.rm, "--rm", device)
+        if rm_tokenizer.to_json() != tokenizer.to_json() or reward_model.config.block_size < policy.config.block_size:
+            raise RunError(f"--rm {args.rm} does not fit --init {args.init} (another tokenizer, or a shorter context); "
                            "train the reward model from the same pretrained run")
-        reward_model.requires_grad_(False).eval()
+        reward_model.requires_grad_(False)
     if args.algo == "ppo":
         value = value_model(policy, reward_model)
     params = list(policy.parameters()) + (list(value.parameters()) if value is not None else [])
@@ -196,11 +240,9 @@ def packed(rows, tokenizer, device):
     return pack(list(prompts), list(responses), eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, device=device)
 
 
-def offline_pairs(policy, tokenizer, pool, args, generator, reward_fn) -> list[Pair]:
-    """DPO / SFT data: a local preference file (--prefs), or pairs sampled once from the initial
-    policy: the best vs the worst response of each prompt by reward."""
-    if args.prefs:
-        return read_preferences(args.prefs, tokenizer, policy.config.block_size)
+def sampled_pairs(policy, tokenizer, pool, args, generator, reward_fn) -> list[Pair]:
+    """DPO / SFT data without --prefs: pairs sampled once from the initial policy, the best vs the
+    worst response of each prompt by reward."""
     pairs = []
     n_prompts = min(len(pool), args.prompts_per_step * args.max_steps)
     for start in tqdm(range(0, n_prompts, args.prompts_per_step), desc="offline pairs", leave=False):
@@ -220,16 +262,21 @@ class Trainer:
     """The state of one fine-tuning run and one `step` per algorithm."""
 
     def __init__(self, args, info, device, dtype):
+        """Loads and checks every input (--init, --rm, --prompts, --prefs) and writes nothing."""
         self.args, self.info, self.device, self.dtype, self.cfg = args, info, device, dtype, rl_config(args)
         (self.policy, self.ref, self.value, self.reward_model, self.tokenizer, self.optimizer,
-         self.init_config) = build_models(args, device, info)
+         self.init_config) = build_models(args, device)
+        self.eval_problems = tasks.problem_set("test", args.n_eval, seed=args.seed,
+                                               difficulties=range(1, args.eval_max_difficulty + 1))
+        room = prompt_room(args, self.policy, self.tokenizer, self.eval_problems)
+        self.pool = training_prompts(args, self.tokenizer, room, info)
+        self.pairs = read_preferences(args.prefs, self.tokenizer, self.policy.config.block_size) if args.prefs else None
         self.base_state = copy.deepcopy(self.policy.state_dict())  # EI --ei-restart goes back to it
         self.train_policy = DDP(self.policy) if info.enabled else self.policy
         self.train_value = DDP(self.value) if info.enabled and self.value is not None else self.value
         self.reward_fn = reward_function(args, self.reward_model)
-        self.pool = training_prompts(args)
         self.sampler = torch.Generator(device=device).manual_seed(args.seed * 1000 + info.rank)
-        self.ei_data, self.pairs = [], None
+        self.ei_data = []
 
     def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
         return runtime.all_reduce_sum(t, self.info)
@@ -278,7 +325,7 @@ class Trainer:
 
     def offline_step(self, step: int) -> dict:
         if self.pairs is None:
-            self.pairs = offline_pairs(self.policy, self.tokenizer, self.pool, self.args, self.sampler, self.reward_fn)
+            self.pairs = sampled_pairs(self.policy, self.tokenizer, self.pool, self.args, self.sampler, self.reward_fn)
         n = self.args.prompts_per_step
         rows = [self.pairs[(step * n + i) % len(self.pairs)] for i in range(n)]
         chosen = packed([(p.prompt, p.chosen) for p in rows], self.tokenizer, self.device)
@@ -294,8 +341,8 @@ class Trainer:
         if self.info.is_main:
             runtime.save_checkpoint(os.path.join(self.args.out, "ckpt.pt"), {
                 "policy": self.policy.state_dict(), "value": self.value.state_dict() if self.value else None,
-                "optimizer": self.optimizer.state_dict(), "step": step, "rank_states": ranks,
-                "ei_data": self.ei_data, "pairs": self.pairs})
+                "optimizer": self.optimizer.state_dict(), "step": step, "rank_states": ranks, "ei_data": self.ei_data,
+                "pairs": None if self.pairs is None else [dataclasses.asdict(p) for p in self.pairs]})  # plain types
             runtime.save_checkpoint(os.path.join(self.args.out, "model.pt"), self.policy.state_dict())
 
     def load(self, ckpt: dict) -> int:
@@ -305,7 +352,8 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.sampler.set_state(ckpt["rank_states"][self.info.rank]["sampler"])
         runtime.set_rng_state(ckpt["rank_states"][self.info.rank]["rng"])
-        self.ei_data, self.pairs = ckpt["ei_data"], ckpt["pairs"]
+        self.ei_data = ckpt["ei_data"]
+        self.pairs = None if ckpt["pairs"] is None else [Pair(**p) for p in ckpt["pairs"]]
         return ckpt["step"]
 
 
@@ -341,6 +389,32 @@ def write_plots(args, metrics: list[dict], before: dict, after: dict):
                       "pass@1")
 
 
+def start_run(args, trainer, info, device, dtype):
+    """Make --out (rank 0 writes), then resume the run there or evaluate the initial policy.
+    Returns (first step, held-out results before training, metrics log)."""
+    if info.is_main:
+        rundir.prepare_out(args.out, [args.init, args.rm], args.resume, args.overwrite)
+    runtime.barrier(info)
+    log = runtime.MetricsLog(os.path.join(args.out, "metrics.jsonl"), info.is_main, truncate=not args.resume)
+    if args.resume:
+        start = trainer.load(runtime.load_checkpoint(os.path.join(args.out, "ckpt.pt"), device))
+        log.drop_after(start)
+        print0(f"resuming from step {start}", info=info)
+        return start, runtime.read_json(os.path.join(args.out, "eval_before.json")), log
+    before = None
+    if info.is_main:
+        config = {"script": "train_ppo.py", "init": args.init, "rm": args.rm, "args": vars(args),
+                  "model": trainer.init_config["model"], "world_size": info.world_size}
+        rundir.write_config(args.out, config, "policy")
+        trainer.tokenizer.save(os.path.join(args.out, "tokenizer.json"))
+        print0(f"evaluating the initial policy on {len(trainer.eval_problems)} held-out problems ...")
+        before = evaluate(trainer.policy, trainer.tokenizer, trainer.eval_problems, args, device, dtype)
+        runtime.write_json(os.path.join(args.out, "eval_before.json"), before)
+        log.write({"step": 0, **eval_record(before)})
+    runtime.barrier(info)
+    return 0, before, log
+
+
 def main(argv=None):
     args = parse_args(argv)
     device = runtime.pick_device(args.device)
@@ -351,38 +425,14 @@ def main(argv=None):
         raise RunError(f"--prompts-per-step {args.prompts_per_step} must divide evenly over {info.world_size} ranks")
     dtype, why = runtime.pick_dtype(device, args.dtype)
     runtime.seed_everything(args.seed)
-    runtime.require_run_dir(args.init)
-    if args.rm:
-        runtime.require_run_dir(args.rm, made_by="train_rm.py")
-    os.makedirs(args.out, exist_ok=True)
-    if args.resume and not os.path.exists(os.path.join(args.out, "ckpt.pt")):
-        raise RunError(f"--resume: {args.out}/ckpt.pt not found; start without --resume")
     print0(f"device {device} x{info.world_size} | dtype {str(dtype).replace('torch.', '')} ({why}) | "
            f"algo {args.algo} | reward {args.reward}", info=info)
     trainer = Trainer(args, info, device, dtype)
-    config = {"script": "train_ppo.py", "init": args.init, "rm": args.rm, "args": vars(args),
-              "model": trainer.init_config["model"], "world_size": info.world_size}
-    eval_problems = tasks.problem_set("test", args.n_eval, seed=args.seed,
-                                      difficulties=range(1, args.eval_max_difficulty + 1))
-    log = runtime.MetricsLog(os.path.join(args.out, "metrics.jsonl"), info.is_main, truncate=not args.resume)
-    start, before = 0, None
-    if args.resume:
-        start = trainer.load(runtime.load_checkpoint(os.path.join(args.out, "ckpt.pt"), device))
-        before = runtime.read_json(os.path.join(args.out, "eval_before.json"))
-        print0(f"resuming from step {start}", info=info)
-    elif info.is_main:
-        runtime.write_json(os.path.join(args.out, "config.json"), config)
-        shutil.copy(os.path.join(args.init, "tokenizer.json"), os.path.join(args.out, "tokenizer.json"))
-        print0(f"evaluating the initial policy on {len(eval_problems)} held-out problems ...")
-        before = evaluate(trainer.policy, trainer.tokenizer, eval_problems, args, device, dtype)
-        runtime.write_json(os.path.join(args.out, "eval_before.json"), before)
-        log.write({"step": 0, **eval_record(before)})
-    runtime.barrier(info)
+    start, before, log = start_run(args, trainer, info, device, dtype)
 
-    step = start
     bar = tqdm(range(start, args.max_steps), initial=start, total=args.max_steps, desc=args.algo,
                disable=not info.is_main, dynamic_ncols=True)
-    try:
+    with runtime.CtrlC() as ctrl_c:
         for step in bar:
             t0 = time.perf_counter()
             stats, batch = trainer.step(step)
@@ -394,26 +444,26 @@ def main(argv=None):
                         kl = {"kl_ref": algos.kl_to_reference(trainer.ref, batch)}
                     record.update(algos.rank_mean(kl, info.world_size, trainer.all_reduce))
                 if info.is_main:
-                    record.update(eval_record(evaluate(trainer.policy, trainer.tokenizer, eval_problems, args,
-                                                       device, dtype)))
+                    record.update(eval_record(evaluate(trainer.policy, trainer.tokenizer, trainer.eval_problems,
+                                                       args, device, dtype)))
                 runtime.barrier(info)
             log.write(record)
             if info.is_main:
                 bar.write(runtime.format_line({k: v for k, v in record.items() if not k.startswith("eval/share")}))
-            if (step + 1) % args.ckpt_every == 0 or step + 1 == args.stop_after:
+            stop = ctrl_c.requested(info, device)
+            if (step + 1) % args.ckpt_every == 0 or step + 1 == args.stop_after or stop:
                 trainer.save(step + 1)
+            if stop:
+                print0(f"interrupted: saved {args.out}/ckpt.pt at step {step + 1}; continue with --resume", info=info)
+                sys.exit(130)
             if step + 1 == args.stop_after:
                 print0(f"stopped after step {step + 1} (--stop-after); continue with --resume", info=info)
                 return
-    except KeyboardInterrupt:
-        trainer.save(step)
-        print0(f"\ninterrupted: saved {args.out}/ckpt.pt at step {step}; continue with --resume", info=info)
-        sys.exit(130)
     trainer.save(args.max_steps)
     if not info.is_main:
         runtime.shutdown_distributed(info)
         return
-    after = evaluate(trainer.policy, trainer.tokenizer, eval_problems, args, device, dtype)
+    after = evaluate(trainer.policy, trainer.tokenizer, trainer.eval_problems, args, device, dtype)
     runtime.write_json(os.path.join(args.out, "eval.json"), {"before": before, "after": after})
     with open(os.path.join(args.out, "metrics.jsonl")) as f:
         write_plots(args, [json.loads(line) for line in f], before, after)

@@ -4,8 +4,10 @@
     python train_pretrain.py --preset small --mixture "tinygsm=1,omi1=4,omi2=1,finemath=1"
     torchrun --nproc_per_node=2 train_pretrain.py     # DDP (gloo on CPU, nccl on CUDA)
 
-Writes to --out: tokenizer.json, config.json, model.pt (weights), ckpt.pt (weights + optimizer
-+ RNG, for --resume), metrics.jsonl, eval.json, samples.txt and PNG plots.
+Writes to --out (a run directory of kind "pretrain", see nanorl/rundir.py): tokenizer.json,
+config.json, model.pt (weights), ckpt.pt (weights + optimizer + RNG, for --resume),
+metrics.jsonl, eval.json, samples.txt and PNG plots. An --out that already holds a run is
+refused unless --resume (continue it) or --overwrite (replace it) is given.
 
 Objective: next-token cross-entropy on documents `[BOS] question "\\n\\n" solution [EOS]`.
 Schedule: linear warm-up to --lr, then cosine decay to --lr * --min-lr-frac (AdamW).
@@ -24,7 +26,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from nanorl import data, evals, runtime
+from nanorl import data, evals, rundir, runtime
 from nanorl.gpt import GPT, GPTConfig
 from nanorl.runtime import (RunError, non_negative_float, non_negative_int, positive_float, positive_int,
                             print0)
@@ -52,7 +54,7 @@ PRESETS = {
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = runtime.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="tiny", choices=PRESETS, help="named size; other flags override it")
     p.add_argument("--out", default="runs/pretrain", help="run directory to write")
     p.add_argument("--mixture", default="tinygsm=1,omi1=1,omi2=1,finemath=1",
@@ -86,6 +88,7 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default="auto", help="auto | fp32 | bf16 (autocast)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (static shapes)")
     p.add_argument("--resume", action="store_true", help="continue from --out/ckpt.pt exactly")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it already holds a run")
     p.add_argument("--stop-after", type=positive_int, default=None,
                    help="save a checkpoint and exit after this step, as Ctrl-C would (for time-sliced jobs)")
     args = p.parse_args(argv)
@@ -103,10 +106,8 @@ def lr_at(step: int, args) -> float:
     return args.lr * (args.min_lr_frac + (1 - args.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
-def prepare_data(args, info):
+def prepare_data(args, docs, info):
     """Tokenizer and token cache, built by rank 0 and reused by the others."""
-    sources = data.parse_mixture(args.mixture)
-    docs = data.load_documents(sources, args.docs_per_source, args.seed)
     tok_path = os.path.join(args.out, "tokenizer.json")
     if info.is_main and not (args.resume and os.path.exists(tok_path)):
         sample = [d for texts in docs.values() for d in texts[:2000]]
@@ -163,6 +164,7 @@ def train(args, info, device, dtype, tokenizer, tokens, config):
         raw_model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start = ckpt["step"]
+        log.drop_after(start)
         data_gen.set_state(ckpt["rank_states"][info.rank]["data_gen"])
         runtime.set_rng_state(ckpt["rank_states"][info.rank]["rng"])
         print0(f"resuming from step {start}", info=info)
@@ -249,11 +251,15 @@ def main(argv=None):
     if args.compile and device == "cpu":
         print0("note: --compile on CPU adds minutes of compilation for little gain", info=info)
     runtime.seed_everything(args.seed)
-    os.makedirs(args.out, exist_ok=True)
-    if args.resume and not os.path.exists(os.path.join(args.out, "ckpt.pt")):
-        raise RunError(f"--resume: {args.out}/ckpt.pt not found; start without --resume")
+    if args.max_new_tokens >= args.block_size:
+        raise RunError(f"--max-new-tokens {args.max_new_tokens} leaves no room for a prompt in --block-size "
+                       f"{args.block_size}; lower it")
+    docs = data.load_documents(data.parse_mixture(args.mixture), args.docs_per_source, args.seed)  # inputs first
+    if info.is_main:
+        rundir.prepare_out(args.out, [], args.resume, args.overwrite)
+    runtime.barrier(info)
     print0(f"device {device} x{info.world_size} | dtype {str(dtype).replace('torch.', '')} ({why})", info=info)
-    tokenizer, tokens = prepare_data(args, info)
+    tokenizer, tokens = prepare_data(args, docs, info)
     meta = tokens.meta
     print0(f"corpus: {len(tokens.train):,} train tokens | vocab {tokenizer.vocab_size}", info=info)
     model_cfg = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
@@ -261,7 +267,7 @@ def main(argv=None):
     config = {"script": "train_pretrain.py", "args": vars(args), "model": model_cfg.to_dict(),
               "world_size": info.world_size, "data": {k: v for k, v in meta.items() if k != "key"}}
     if info.is_main:
-        runtime.write_json(os.path.join(args.out, "config.json"), config)
+        rundir.write_config(args.out, config, "pretrain")
     model = train(args, info, device, dtype, tokenizer, tokens, config)
     runtime.barrier(info)
     if not info.is_main:
@@ -281,7 +287,7 @@ def main(argv=None):
     with open(os.path.join(args.out, "samples.txt"), "w") as f:
         for problem, (text,) in zip(problems, samples):
             f.write(f"### {problem.question}\n[gold {problem.answer}]\n{text}\n\n")
-    metrics = [m for m in map(__import__("json").loads, open(os.path.join(args.out, "metrics.jsonl")))]
+    metrics = [record for _, record in runtime.iter_jsonl(os.path.join(args.out, "metrics.jsonl"))]
     write_plots(args, metrics, result)
     print0(runtime.format_line({"val_loss": result["val_loss"], "pass@1": result["pass@1"],
                                 f"pass@{result['k']}": result["pass@k"], "n_eval": result["n_eval"]}))

@@ -32,25 +32,31 @@ confidently it trained, while PPO's value clip and KL coefficient assume rewards
 r' = gain * r + bias_shift with gain > 0, so pair accuracies are unchanged; all reported scores
 and margins (mean_eval_margin, eval_score_*) are in normalised units.
 
-Writes to --out: model.pt, config.json (kind "reward_model", init), tokenizer.json,
-metrics.jsonl, eval.json (with reward_gain, reward_bias_shift and the calibration scores'
-mean and std before and after normalisation) and rm_accuracy.png.
+Writes to --out (a run directory of kind "rm", see nanorl/rundir.py): model.pt (normalised),
+config.json (kind, init, init_kind), tokenizer.json, metrics.jsonl, rm_accuracy.png, eval.json
+(with reward_gain, reward_bias_shift and the calibration scores' mean and std before and after
+normalisation), and ckpt.pt: the model before normalisation, the optimizer, the step, and the
+pairs, held-out pairs, calibration responses and batch order drawn at the start. Ctrl-C (after
+the step in progress) or --stop-after N saves ckpt.pt; --resume continues exactly, without
+sampling again. An --out that already holds a run is refused unless --resume (continue it) or
+--overwrite (replace it) is given.
 """
 
 import argparse
-import json
 import math
 import os
 import random
+import sys
 import time
+from dataclasses import asdict, dataclass
 
 import torch
 from tqdm import tqdm
 
-from nanorl import evals, runtime, verifier
+from nanorl import evals, rundir, runtime, verifier
 from nanorl.engine import generate, pack
 from nanorl.reward import (Pair, ScalarModel, bradley_terry_loss, gold_reward, pairs_to_generation,
-                           preference_pairs, read_preferences, save_scalar_model, score)
+                           preference_pairs, read_preferences, score)
 from nanorl.runtime import (RunError, non_negative_float, non_negative_int, positive_float, positive_int,
                             print0)
 from nanorl.tasks import problem_set
@@ -63,10 +69,12 @@ PRESETS = {
     "test": dict(n_prompts=16, n_eval_prompts=16, n_calib_prompts=8, samples_per_prompt=4, max_new_tokens=48,
                  epochs=1, batch_size=4, lr=1e-3, warmup_steps=1, sample_batch=8, eval_every=0),
 }
+# flags that --resume may change: they do not change what the run computes
+RESUME_MAY_CHANGE = {"out", "resume", "overwrite", "stop_after", "log_every", "device", "dtype"}
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = runtime.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="tiny", choices=PRESETS, help="named size; other flags override it")
     p.add_argument("--init", default="runs/pretrain", help="pretrained run directory: backbone and sampling policy")
     p.add_argument("--out", default="runs/rm", help="run directory to write")
@@ -99,6 +107,10 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=1337, help="seed for problems, sampling, labels and batches")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--dtype", default="auto", help="auto | fp32 | bf16 (autocast)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its ckpt.pt exactly")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it already holds a run")
+    p.add_argument("--stop-after", type=positive_int, default=None,
+                   help="save a checkpoint and exit after this step, as Ctrl-C would (for time-sliced jobs)")
     args = p.parse_args(argv)
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None:
@@ -113,6 +125,20 @@ def parse_args(argv=None):
 
 
 # ----------------------------------------------------------------------------- preference data
+
+@dataclass
+class PreferenceData:
+    pairs: list[Pair]                               # training pairs
+    held_out: list[Pair]                            # pair_accuracy is measured on these
+    calibration: list[tuple[list[int], list[int]]]  # (prompt, response) token lists that set the score scale
+    stats: dict                                     # where the pairs came from, for eval.json
+
+    @classmethod
+    def from_state(cls, state: dict) -> "PreferenceData":
+        """The inverse of dataclasses.asdict, which turns it into the plain dicts and lists of ckpt.pt."""
+        return cls([Pair(**p) for p in state["pairs"]], [Pair(**p) for p in state["held_out"]],
+                   state["calibration"], state["stats"])
+
 
 @torch.no_grad()
 def sample_responses(policy, tokenizer, problems, args, seed, device, dtype, desc):
@@ -176,17 +202,20 @@ def no_pairs_error(what: str) -> RunError:
                     f"or give pairs with --prefs")
 
 
-def load_pairs(args, policy, tokenizer, device, dtype):
-    """(train pairs, held-out pairs, calibration responses, stats) from --prefs or from the policy's samples."""
-    if args.prefs:
-        pairs = read_preferences(args.prefs, tokenizer, policy.config.block_size)
-        train_pairs, held_out = split_by_prompt(pairs, args.val_fraction, args.seed)
-        if not held_out:
-            n_prompts = len({tuple(p.prompt) for p in pairs})
-            raise RunError(f"{args.prefs}: no held-out pairs; raise --val-fraction (now {args.val_fraction}) "
-                           f"or add pairs (the file has {n_prompts} distinct prompts; at least 2 are needed)")
-        calibration = [(p.prompt, p.chosen) for p in train_pairs] + [(p.prompt, p.rejected) for p in train_pairs]
-        return train_pairs, held_out, calibration, {"source": args.prefs}
+def prefs_data(args, tokenizer, block_size) -> PreferenceData:
+    """Pairs from the --prefs file, split by prompt; the training pairs' responses calibrate."""
+    pairs = read_preferences(args.prefs, tokenizer, block_size)
+    train_pairs, held_out = split_by_prompt(pairs, args.val_fraction, args.seed)
+    if not held_out:
+        n_prompts = len({tuple(p.prompt) for p in pairs})
+        raise RunError(f"{args.prefs}: no held-out pairs; raise --val-fraction (now {args.val_fraction}) "
+                       f"or add pairs (the file has {n_prompts} distinct prompts; at least 2 are needed)")
+    calibration = [(p.prompt, p.chosen) for p in train_pairs] + [(p.prompt, p.rejected) for p in train_pairs]
+    return PreferenceData(train_pairs, held_out, calibration, {"source": args.prefs})
+
+
+def sampled_data(args, policy, tokenizer, device, dtype) -> PreferenceData:
+    """Pairs, held-out pairs and calibration responses from the --init policy's samples."""
     train_problems, calib_problems, test_problems = problem_slices(args)
     pairs, stats = sample_pairs(policy, tokenizer, train_problems, args, args.label_noise, args.seed,
                                 device, dtype, "sample train")
@@ -202,11 +231,11 @@ def load_pairs(args, policy, tokenizer, device, dtype):
     print0(f"policy samples: accuracy {stats['sample_accuracy']:.3f} | truncated {stats['truncated_share']:.3f} "
            f"| {len(pairs)} train pairs ({flipped} flipped) | {len(held_out)} held-out pairs "
            f"| {len(calibration)} calibration responses")
-    return pairs, held_out, calibration, {"source": "simulated", "n_flipped": flipped, **stats,
-                                          "eval_sample_accuracy": eval_stats["sample_accuracy"]}
+    return PreferenceData(pairs, held_out, calibration, {"source": "simulated", "n_flipped": flipped, **stats,
+                                                         "eval_sample_accuracy": eval_stats["sample_accuracy"]})
 
 
-# ----------------------------------------------------------------------------- training
+# ----------------------------------------------------------------------------- scoring
 
 def pair_rewards(model, pairs, tokenizer, device, dtype):
     """(r_chosen, r_rejected) of a batch of pairs, from one forward over 2B rows."""
@@ -235,55 +264,125 @@ def evaluate_pairs(model, pairs, tokenizer, args, device, dtype):
     return (chosen > rejected).float().mean().item(), chosen, rejected
 
 
+# ----------------------------------------------------------------------------- training
+
+@dataclass
+class Run:
+    """What ckpt.pt holds: everything --resume needs to continue exactly, without sampling again."""
+    model: ScalarModel                  # before normalisation
+    optimizer: torch.optim.Optimizer
+    data: PreferenceData
+    orders: list[list[int]]             # the order of the training pairs in each epoch
+    accuracy_at_init: float             # held-out pair accuracy before training
+    config: dict
+    step: int = 0
+
+    def save(self, out: str):
+        runtime.save_checkpoint(os.path.join(out, "ckpt.pt"), {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
+            "data": asdict(self.data), "orders": self.orders, "accuracy_at_init": self.accuracy_at_init,
+            "config": self.config})
+
+
+def make_optimizer(model, args):
+    params = list(model.parameters())
+    return torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay},
+                              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+                             lr=args.lr, betas=(0.9, 0.95))
+
+
+def start_run(args, policy, prefs, tokenizer, config, device, dtype) -> Run:
+    """A new run: its data (sampled, unless --prefs gave it), model and step-0 checkpoint."""
+    data = prefs or sampled_data(args, policy, tokenizer, device, dtype)
+    model = ScalarModel.from_gpt(policy)
+    batch_gen = torch.Generator().manual_seed(args.seed)
+    orders = [torch.randperm(len(data.pairs), generator=batch_gen).tolist() for _ in range(args.epochs)]
+    accuracy_at_init = evaluate_pairs(model, data.held_out, tokenizer, args, device, dtype)[0]
+    run = Run(model, make_optimizer(model, args), data, orders, accuracy_at_init, config)
+    rundir.write_config(args.out, config, "rm")
+    run.save(args.out)  # from here on a stopped run resumes without sampling again
+    return run
+
+
+def resume_run(args, policy, config, device) -> Run:
+    """The run in --out/ckpt.pt, after checking that it was started with the same flags and --init model."""
+    rundir.check_run(args.out, "--out", ("rm",), files=("ckpt.pt",))
+    path = os.path.join(args.out, "ckpt.pt")
+    ckpt = runtime.load_checkpoint(path, device)
+    changed = sorted(k for k, v in ckpt["config"]["args"].items()
+                     if k not in RESUME_MAY_CHANGE and config["args"].get(k) != v)
+    if changed:
+        was = ", ".join(f"--{k.replace('_', '-')} {ckpt['config']['args'][k]}" for k in changed)
+        raise RunError(f"{path} was started with {was}; pass the same flags to --resume, or --overwrite to start again")
+    if ckpt["config"]["model"] != config["model"]:
+        raise RunError(f"{path} was started from another model than --init {args.init} now holds; "
+                       f"pass --overwrite to start again")
+    model = ScalarModel(policy.config).to(device)
+    model.load_state_dict(ckpt["model"])
+    optimizer = make_optimizer(model, args)
+    optimizer.load_state_dict(ckpt["optimizer"])
+    print0(f"resuming from step {ckpt['step']}")
+    return Run(model, optimizer, PreferenceData.from_state(ckpt["data"]), ckpt["orders"], ckpt["accuracy_at_init"],
+               ckpt["config"], ckpt["step"])
+
+
 def lr_at(step: int, total: int, args) -> float:
     if step < args.warmup_steps:
         return args.lr * (step + 1) / args.warmup_steps
     return args.lr * max(0.0, (total - step) / max(1, total - args.warmup_steps))
 
 
-def train(model, pairs, held_out, tokenizer, args, device, dtype, log):
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay},
-                                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
-                                  lr=args.lr, betas=(0.9, 0.95))
-    steps_per_epoch = math.ceil(len(pairs) / args.batch_size)
-    total = args.epochs * steps_per_epoch
-    batch_gen = torch.Generator().manual_seed(args.seed)
-    acc0 = evaluate_pairs(model, held_out, tokenizer, args, device, dtype)[0]
-    log.write({"step": 0, "eval/pair_accuracy": acc0})
-    print0(runtime.format_line({"step": 0, "held-out pair accuracy": acc0}))
-    step, bar = 0, tqdm(total=total, desc="reward model", dynamic_ncols=True)
-    for epoch in range(args.epochs):
-        order = torch.randperm(len(pairs), generator=batch_gen).tolist()
-        for b in range(steps_per_epoch):
-            batch = [pairs[k] for k in order[b * args.batch_size:(b + 1) * args.batch_size]]
-            lr = lr_at(step, total, args)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            r_c, r_r = pair_rewards(model, batch, tokenizer, device, dtype)
-            loss, stats = bradley_terry_loss(r_c, r_r, args.margin, args.center_coef)
-            if not math.isfinite(loss.item()):
-                raise RunError(f"loss became {loss.item()} at step {step + 1}; lower --lr (now {args.lr})")
-            loss.backward()
-            if args.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            record = {"step": step, "epoch": epoch + 1, "loss": loss.item(), **stats, "lr": lr}
-            if b == steps_per_epoch - 1 or (args.eval_every and step % args.eval_every == 0):
-                held_out_eval = evaluate_pairs(model, held_out, tokenizer, args, device, dtype)
-                record["eval/pair_accuracy"] = held_out_eval[0]
+def train_step(run, batch, lr, tokenizer, args, device, dtype) -> dict:
+    """One AdamW step on a batch of pairs; returns what metrics.jsonl logs of it."""
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    r_c, r_r = pair_rewards(run.model, batch, tokenizer, device, dtype)
+    loss, stats = bradley_terry_loss(r_c, r_r, args.margin, args.center_coef)
+    if not math.isfinite(loss.item()):
+        raise RunError(f"loss became {loss.item()} at step {run.step + 1}; lower --lr (now {args.lr})")
+    loss.backward()
+    if args.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), args.grad_clip)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.step += 1
+    return {"loss": loss.item(), **stats, "lr": lr}
+
+
+def train(run, tokenizer, args, device, dtype):
+    """The remaining steps; Ctrl-C (runtime.CtrlC: between two steps) or --stop-after saves ckpt.pt and exits."""
+    steps_per_epoch = math.ceil(len(run.data.pairs) / args.batch_size)
+    total = len(run.orders) * steps_per_epoch
+    log = runtime.MetricsLog(os.path.join(args.out, "metrics.jsonl"), truncate=run.step == 0)
+    log.drop_after(run.step)  # steps logged after the checkpoint are done again
+    if run.step == 0:
+        log.write({"step": 0, "eval/pair_accuracy": run.accuracy_at_init})
+        print0(runtime.format_line({"step": 0, "held-out pair accuracy": run.accuracy_at_init}))
+    bar = tqdm(total=total, initial=run.step, desc="reward model", dynamic_ncols=True)
+    with runtime.CtrlC() as ctrl_c:
+        while run.step < total:
+            epoch, b = divmod(run.step, steps_per_epoch)
+            batch = [run.data.pairs[k] for k in run.orders[epoch][b * args.batch_size:(b + 1) * args.batch_size]]
+            record = {"step": run.step + 1, "epoch": epoch + 1,
+                      **train_step(run, batch, lr_at(run.step, total, args), tokenizer, args, device, dtype)}
+            if b == steps_per_epoch - 1 or (args.eval_every and run.step % args.eval_every == 0):
+                record["eval/pair_accuracy"] = evaluate_pairs(run.model, run.data.held_out, tokenizer, args,
+                                                              device, dtype)[0]
             log.write(record)
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.2f}")
-            if step % args.log_every == 0 or "eval/pair_accuracy" in record:
+            if run.step % args.log_every == 0 or "eval/pair_accuracy" in record:
                 bar.write(runtime.format_line(record))
+            if ctrl_c.pressed or run.step == args.stop_after:
+                run.save(args.out)
+                why = "interrupted" if ctrl_c.pressed else "stopped (--stop-after)"
+                print0(f"{why} after step {run.step}: saved {args.out}/ckpt.pt; continue with --resume")
+                sys.exit(130 if ctrl_c.pressed else 0)
     bar.close()
-    return acc0, held_out_eval
+    run.save(args.out)
 
 
-# ----------------------------------------------------------------------------- normalisation
+# ----------------------------------------------------------------------------- normalisation and evaluation
 
 @torch.no_grad()
 def normalise_head(head: torch.nn.Linear, scores: torch.Tensor) -> tuple[float, float]:
@@ -310,6 +409,44 @@ def normalise_scale(model, calibration, tokenizer, args, device, dtype) -> dict:
             "calib_score_mean": after.mean().item(), "calib_score_std": after.std().item()}
 
 
+def evaluate(run, tokenizer, args, device, dtype) -> dict:
+    """Normalise the trained model's scale, then its held-out and training pair accuracies (eval.json)."""
+    model, data = run.model, run.data
+    acc, r_c, r_r = evaluate_pairs(model, data.held_out, tokenizer, args, device, dtype)
+    scale = normalise_scale(model, data.calibration, tokenizer, args, device, dtype)
+    r_c, r_r = (scale["reward_gain"] * r + scale["reward_bias_shift"] for r in (r_c, r_r))  # normalised units
+    result = {"pair_accuracy": acc, "pair_accuracy_at_init": run.accuracy_at_init,
+              "train_pair_accuracy": evaluate_pairs(model, data.pairs, tokenizer, args, device, dtype)[0],
+              "n_pairs": len(data.pairs), "n_eval_pairs": len(data.held_out), "label_noise": args.label_noise,
+              "mean_eval_margin": (r_c - r_r).mean().item(), "eval_score_mean": torch.cat([r_c, r_r]).mean().item(),
+              "eval_score_std": torch.cat([r_c, r_r]).std().item(), **scale, **data.stats}
+    if not args.prefs:  # held-out accuracy split by what separates the pair
+        by_correctness = torch.tensor([abs(p.gold_gap) >= 0.5 for p in data.held_out])
+        hits = r_c > r_r
+        for name, sel in (("correctness", by_correctness), ("quality_only", ~by_correctness)):
+            result[f"pair_accuracy_{name}"] = hits[sel].float().mean().item() if sel.any() else None
+            result[f"n_eval_pairs_{name}"] = int(sel.sum())
+    return result
+
+
+def load_shifted_policy(args, tokenizer, device):
+    shifted, shifted_tokenizer, _ = rundir.load_policy(args.shift_init, "--shift-init", device)
+    if shifted_tokenizer.to_json() != tokenizer.to_json():
+        raise RunError(f"--shift-init {args.shift_init} uses a different tokenizer from --init {args.init}")
+    return shifted
+
+
+def shifted_accuracy(model, shifted_policy, tokenizer, args, device, dtype) -> dict:
+    """Held-out accuracy on pairs sampled from the --shift-init policy (the distribution shift)."""
+    problems = problem_set("test", args.n_eval_prompts, seed=args.seed)
+    shifted, stats = sample_pairs(shifted_policy, tokenizer, problems, args, 0.0, args.seed + 2, device, dtype,
+                                  "sample shifted")
+    if not shifted:
+        raise no_pairs_error("shifted held-out")
+    return {"pair_accuracy_shifted": evaluate_pairs(model, shifted, tokenizer, args, device, dtype)[0],
+            "n_shifted_pairs": len(shifted), "shifted_sample_accuracy": stats["sample_accuracy"]}
+
+
 def write_plot(args, metrics):
     train_steps = [m for m in metrics if "accuracy" in m]
     evals_ = [m for m in metrics if "eval/pair_accuracy" in m]
@@ -326,57 +463,39 @@ def main(argv=None):
     dtype, why = runtime.pick_dtype(device, args.dtype)
     runtime.seed_everything(args.seed)
     print0(f"device {device} | dtype {str(dtype).replace('torch.', '')} ({why})")
-    runtime.require_run_dir(args.init)
-    if args.shift_init:
-        runtime.require_run_dir(args.shift_init)
-    policy, tokenizer, init_config = runtime.load_run(args.init, device)
-    os.makedirs(args.out, exist_ok=True)
-    pairs, held_out, calibration, data_stats = load_pairs(args, policy, tokenizer, device, dtype)
-
-    model = ScalarModel.from_gpt(policy)
-    config = {"script": "train_rm.py", "kind": "reward_model", "init": args.init, "args": vars(args),
-              "model": model.config.to_dict(), "init_script": init_config.get("script")}
-    runtime.write_json(os.path.join(args.out, "config.json"), config)
-    log = runtime.MetricsLog(os.path.join(args.out, "metrics.jsonl"))
-    print0(f"reward model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters | "
-           f"{len(pairs)} train pairs | {len(held_out)} held-out pairs | {args.epochs} epochs")
-    acc0, (acc, r_c, r_r) = train(model, pairs, held_out, tokenizer, args, device, dtype, log)
-
-    scale = normalise_scale(model, calibration, tokenizer, args, device, dtype)
-    r_c, r_r = (scale["reward_gain"] * r + scale["reward_bias_shift"] for r in (r_c, r_r))  # normalised units
-    train_acc = evaluate_pairs(model, pairs, tokenizer, args, device, dtype)[0]
-    result = {"pair_accuracy": acc, "pair_accuracy_at_init": acc0, "train_pair_accuracy": train_acc,
-              "n_pairs": len(pairs), "n_eval_pairs": len(held_out), "label_noise": args.label_noise,
-              "mean_eval_margin": (r_c - r_r).mean().item(), "eval_score_mean": torch.cat([r_c, r_r]).mean().item(),
-              "eval_score_std": torch.cat([r_c, r_r]).std().item(), **scale, **data_stats}
-    if not args.prefs:  # held-out accuracy split by what separates the pair
-        by_correctness = torch.tensor([abs(p.gold_gap) >= 0.5 for p in held_out])
-        hits = r_c > r_r
-        for name, sel in (("correctness", by_correctness), ("quality_only", ~by_correctness)):
-            result[f"pair_accuracy_{name}"] = hits[sel].float().mean().item() if sel.any() else None
-            result[f"n_eval_pairs_{name}"] = int(sel.sum())
-    if args.shift_init:
-        shifted_policy, shifted_tok, _ = runtime.load_run(args.shift_init, device)
-        if shifted_tok.to_json() != tokenizer.to_json():
-            raise RunError(f"--shift-init {args.shift_init} uses a different tokenizer from --init {args.init}")
-        problems = problem_set("test", args.n_eval_prompts, seed=args.seed)
-        shifted, shifted_stats = sample_pairs(shifted_policy, tokenizer, problems, args, 0.0, args.seed + 2,
-                                              device, dtype, "sample shifted")
-        if not shifted:
-            raise no_pairs_error("shifted held-out")
-        result["pair_accuracy_shifted"] = evaluate_pairs(model, shifted, tokenizer, args, device, dtype)[0]
-        result["n_shifted_pairs"] = len(shifted)
-        result["shifted_sample_accuracy"] = shifted_stats["sample_accuracy"]
+    policy, tokenizer, init_config = rundir.load_policy(args.init, "--init", device)
+    shifted_policy = load_shifted_policy(args, tokenizer, device) if args.shift_init else None
+    prefs = prefs_data(args, tokenizer, policy.config.block_size) if args.prefs else None
+    if not args.prefs and args.max_new_tokens >= policy.config.block_size:
+        raise RunError(f"--max-new-tokens {args.max_new_tokens} leaves no room for a prompt in the "
+                       f"{policy.config.block_size}-token context of --init {args.init}; lower it")
+    # every input is valid: only now is --out touched (the --prefs file too must not lie inside it)
+    rundir.prepare_out(args.out, [args.init, args.shift_init, args.prefs], args.resume, args.overwrite)
+    config = {"script": "train_rm.py", "init": args.init, "init_kind": rundir.kind_of(init_config),
+              "args": vars(args), "model": policy.config.to_dict()}
+    try:
+        run = (resume_run(args, policy, config, device) if args.resume
+               else start_run(args, policy, prefs, tokenizer, config, device, dtype))
+        print0(f"reward model: {sum(p.numel() for p in run.model.parameters()) / 1e6:.2f}M parameters | "
+               f"{len(run.data.pairs)} train pairs | {len(run.data.held_out)} held-out pairs | {args.epochs} epochs")
+        train(run, tokenizer, args, device, dtype)
+        result = evaluate(run, tokenizer, args, device, dtype)
+        if shifted_policy is not None:
+            result.update(shifted_accuracy(run.model, shifted_policy, tokenizer, args, device, dtype))
+    except KeyboardInterrupt:  # while sampling or evaluating: the training loop stops between steps itself
+        saved = os.path.exists(os.path.join(args.out, "ckpt.pt"))
+        print0("\ninterrupted: " + (f"continue with --resume from {args.out}/ckpt.pt" if saved
+                                    else "nothing was saved yet; start again with --overwrite"))
+        sys.exit(130)
     result["seconds"] = round(time.time() - t_start, 1)
 
-    save_scalar_model(args.out, model, tokenizer, config)
+    rundir.save_model(args.out, run.model, tokenizer, config, kind="rm")
     runtime.write_json(os.path.join(args.out, "eval.json"), result)
-    with open(os.path.join(args.out, "metrics.jsonl")) as f:
-        write_plot(args, [json.loads(line) for line in f])
+    write_plot(args, [record for _, record in runtime.iter_jsonl(os.path.join(args.out, "metrics.jsonl"))])
     print0(runtime.format_line({k: v for k, v in result.items() if k in (
         "pair_accuracy", "pair_accuracy_at_init", "train_pair_accuracy", "pair_accuracy_shifted",
         "n_pairs", "n_eval_pairs", "label_noise", "reward_gain", "seconds")}))
-    print0(f"wrote {args.out}/ (model.pt, config.json, tokenizer.json, eval.json, rm_accuracy.png)")
+    print0(f"wrote {args.out}/ (model.pt, config.json, tokenizer.json, ckpt.pt, eval.json, rm_accuracy.png)")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import time
 
 import torch
 
-from nanorl import algos
+from nanorl import algos, runtime
 from nanorl.engine import generate, naive_generate
 from nanorl.gpt import GPT, GPTConfig
 from nanorl.runtime import (autocast as autocast_context, measure_peak_flops, non_negative_int, pick_device,
@@ -37,7 +37,7 @@ from nanorl.runtime import (autocast as autocast_context, measure_peak_flops, no
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = runtime.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--vocab-size", type=positive_int, default=1024, help="model vocabulary (default: the tiny preset)")
     p.add_argument("--block-size", type=positive_int, default=256,
                    help="model context length; also the training length")

@@ -35,7 +35,7 @@ import re
 import statistics
 from collections import Counter
 
-from nanorl import runtime, verifier
+from nanorl import rundir, runtime, verifier
 from nanorl.runtime import RunError
 
 # micro_batch and ckpt_every change memory and bookkeeping, not results (see train_ppo.py --help)
@@ -56,10 +56,7 @@ def read_metrics(path: str) -> list[dict]:
 
 
 def read_run(path: str) -> dict:
-    runtime.require_run_dir(path, files=("config.json", "metrics.jsonl", "eval.json"), made_by="train_ppo.py")
-    config = runtime.read_json(os.path.join(path, "config.json"))
-    if "args" not in config:
-        raise RunError(f"{path}/config.json has no 'args': not a train_ppo.py run directory")
+    config = rundir.check_run(path, "RUN", ("policy",), files=("config.json", "metrics.jsonl", "eval.json"))
     metrics = read_metrics(os.path.join(path, "metrics.jsonl"))
     return {"dir": path, "args": config["args"], "eval": runtime.read_json(os.path.join(path, "eval.json")),
             "metrics": metrics, "rollouts": [m for m in metrics if f"share/{verifier.NO_FORMAT}" in m]}
@@ -168,7 +165,7 @@ def markdown(groups: list[dict]) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = runtime.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="train_ppo.py run directories (finished: with eval.json)")
     p.add_argument("--out", default="runs/compare", help="directory for summary.json, summary.md and the plots")
     args = p.parse_args(argv)

@@ -45,8 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nanorl import runtime
-from nanorl.data import DataError, iter_jsonl
+from nanorl.runtime import DataError, iter_jsonl
 from nanorl.engine import Generation, pack, positions_of
 from nanorl.gpt import GPT, GPTConfig
 
@@ -191,32 +190,3 @@ def preference_pairs(gold: list[float], group_size: int, max_pairs: int, label_n
                 chosen, rejected = rejected, chosen
             pairs.append((chosen, rejected))
     return pairs
-
-
-# ----------------------------------------------------------------------------- run directories
-
-def save_scalar_model(run_dir: str, model: ScalarModel, tokenizer, config: dict):
-    """model.pt (state dict), config.json (needs "model" and "kind") and tokenizer.json."""
-    if "model" not in config or "kind" not in config:
-        raise ValueError('config must contain "model" (GPTConfig dict) and "kind"')
-    os.makedirs(run_dir, exist_ok=True)
-    runtime.save_checkpoint(os.path.join(run_dir, "model.pt"), model.state_dict())
-    tokenizer.save(os.path.join(run_dir, "tokenizer.json"))
-    runtime.write_json(os.path.join(run_dir, "config.json"), config)
-
-
-def load_scalar_model(run_dir: str, device: str = "cpu"):
-    """(model, tokenizer, config) of a run directory written by save_scalar_model."""
-    from nanorl.tokenizer import Tokenizer
-    runtime.require_run_dir(run_dir, made_by="train_rm.py")
-    config = runtime.read_json(os.path.join(run_dir, "config.json"))
-    if "kind" not in config:
-        raise runtime.RunError(f"{run_dir} holds a language model ({config.get('script', 'unknown script')}), "
-                               f"not a reward/value model; make one with `python train_rm.py --init {run_dir}`")
-    tokenizer = Tokenizer.load(os.path.join(run_dir, "tokenizer.json"))
-    model = ScalarModel(GPTConfig(**config["model"]))
-    if model.config.vocab_size != tokenizer.vocab_size:
-        raise runtime.RunError(f"{run_dir}: tokenizer has {tokenizer.vocab_size} tokens but the model expects "
-                               f"{model.config.vocab_size}; tokenizer.json and model.pt come from different runs")
-    model.load_state_dict(torch.load(os.path.join(run_dir, "model.pt"), map_location="cpu", weights_only=True))
-    return model.to(device).eval(), tokenizer, config

@@ -1,5 +1,5 @@
 """The plumbing every script shares: input checks (numeric flags, JSONL files), device and
-dtype, seeding, torchrun/DDP, checkpoints, run directories, logs and plots.
+dtype, seeding, torchrun/DDP, checkpoints, JSON files, logs and plots (run directories: rundir.py).
 
 - Device: auto picks cuda > mps > cpu. Dtype: bf16 autocast on CUDA; fp32 on CPU, because
   on CPUs without native bf16 matmuls autocast is many times slower (measure with
@@ -8,7 +8,7 @@ dtype, seeding, torchrun/DDP, checkpoints, run directories, logs and plots.
   torchrun's RANK / WORLD_SIZE / LOCAL_RANK select DDP, with gloo on CPU and nccl on CUDA.
 - Checkpoints are written to a temporary file and renamed into place (atomic on POSIX), so a
   crash or Ctrl-C mid-write never leaves a corrupt checkpoint. They carry optimizer and RNG
-  states so `--resume` continues exactly.
+  states so `--resume` continues exactly, and load with weights_only=True (no arbitrary pickles).
 - Inputs: the argparse types below turn a zero or negative count or rate into a one-line
   usage error (exit 2) instead of a traceback later; `iter_jsonl` names the file and line of
   a malformed JSONL line (DataError, a RunError).
@@ -20,6 +20,8 @@ import json
 import math
 import os
 import random
+import signal
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,18 +29,51 @@ import torch
 import torch.distributed as dist
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse in the project's error style: a bad flag is one `error: ...` line and exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 class RunError(RuntimeError):
     """A problem with the user's inputs: printed as one clear line, no traceback needed."""
 
 
 def run_cli(main):
-    """Run a script's main(); a RunError (bad flag, file, run directory) exits 2 with one line."""
-    import sys
+    """Run a script's main(); a RunError (bad flag, file, run directory) exits 2 with one line, and a
+    Ctrl-C that the script did not turn into a checkpoint exits 130 with one line."""
     try:
         main()
     except RunError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+class CtrlC:
+    """Within `with CtrlC() as ctrl_c:`, the first Ctrl-C only sets `ctrl_c.pressed`: the training
+    loop stops after the step in progress, so the checkpoint holds whole steps and --resume
+    continues exactly. A second Ctrl-C stops at once (run_cli: exit 130). Under torchrun every
+    rank gets the SIGINT; `requested` all-reduces so that the ranks agree on the step."""
+
+    def __enter__(self):
+        self.pressed = False
+        self.previous = signal.signal(signal.SIGINT, self._press)
+        return self
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self.previous)
+
+    def _press(self, signum, frame):
+        self.pressed = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.write(sys.stderr.fileno(), b"\nCtrl-C: stopping after this step (press again to stop now)\n")
+
+    def requested(self, info: "Dist", device: str) -> bool:
+        return all_reduce_sum(torch.tensor(float(self.pressed), device=device), info).item() > 0
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -77,14 +112,19 @@ class DataError(RunError, ValueError):
 def iter_jsonl(path: str):
     """Yield (where, row) for each non-blank line of a JSONL file; where = "path, line N".
 
-    A line that is not UTF-8 or not JSON raises DataError naming the file and line; checking
-    the row's fields is the caller's job (name `where` in its message).
+    A UTF-8 byte-order mark and CRLF line ends are accepted. A line that is not UTF-8 or not JSON
+    raises DataError naming the file and line; checking the row's fields is the caller's job
+    (name `where` in its message).
     """
-    with open(path, "rb") as f:
+    try:
+        f = open(path, "rb")
+    except OSError as err:
+        raise DataError(f"{path}: cannot be read ({err.strerror})") from None
+    with f:
         for lineno, raw in enumerate(f, start=1):
             where = f"{path}, line {lineno}"
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a byte-order mark is fine
             except UnicodeDecodeError as e:
                 raise DataError(f"{where}: not valid UTF-8 ({e})") from None
             if not line.strip():
@@ -198,16 +238,7 @@ def print0(*args, info: Dist | None = None, **kwargs):
         print(*args, **kwargs, flush=True)
 
 
-# ----------------------------------------------------------------------------- run directories
-
-def require_run_dir(path: str, files=("model.pt", "config.json", "tokenizer.json"), made_by="train_pretrain.py"):
-    """Fail early, naming what is missing and which script makes it."""
-    if not os.path.isdir(path):
-        raise RunError(f"run directory {path!r} does not exist; create it with `python {made_by} --out {path}`")
-    missing = [f for f in files if not os.path.exists(os.path.join(path, f))]
-    if missing:
-        raise RunError(f"run directory {path!r} lacks {', '.join(missing)}; was `{made_by}` run to completion there?")
-
+# ----------------------------------------------------------------------------- files and logs
 
 def write_json(path: str, obj):
     tmp = f"{path}.tmp"
@@ -234,6 +265,15 @@ class MetricsLog:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
 
+    def drop_after(self, step: int):
+        """Forget records past `step`: a resumed run logs again the steps after its checkpoint."""
+        if self.enabled and os.path.exists(self.path):
+            kept = [record for _, record in iter_jsonl(self.path) if record.get("step", 0) <= step]
+            tmp = f"{self.path}.tmp"
+            with open(tmp, "w") as f:
+                f.writelines(json.dumps(record) + "\n" for record in kept)
+            os.replace(tmp, self.path)
+
 
 def format_line(record: dict) -> str:
     """A fixed-field log line: `step 120 | loss 1.2345 | lr 3.0e-04 | ...`."""
@@ -247,15 +287,21 @@ def format_line(record: dict) -> str:
 # ----------------------------------------------------------------------------- checkpoints
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG's state, in types that torch.load(weights_only=True) accepts (lists, tensors)."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, list(mt), gauss], "torch": torch.get_rng_state(),
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict):
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -268,9 +314,15 @@ def save_checkpoint(path: str, state: dict):
 
 
 def load_checkpoint(path: str, device: str = "cpu") -> dict:
+    """A checkpoint written by save_checkpoint. weights_only=True: tensors and plain containers
+    only, so a checkpoint file cannot run code when it is loaded."""
     if not os.path.exists(path):
-        raise RunError(f"checkpoint {path!r} not found")
-    return torch.load(path, map_location=device, weights_only=False)
+        raise RunError(f"checkpoint {path} not found")
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # torch's zip reader and safe unpickler raise many types
+        raise RunError(f"{path} is unreadable, truncated or corrupt ({str(err)[:120]}); "
+                       f"start again with --overwrite") from None
 
 
 # ----------------------------------------------------------------------------- plots
@@ -358,21 +410,6 @@ def measure_peak_flops(device: str, dtype: torch.dtype, n: int | None = None, re
     for _ in range(2):  # warm-up: allocation and kernel selection
         a @ b
     return 2 * n ** 3 / min(timed(lambda: a @ b, device) for _ in range(reps))
-
-
-def load_run(run_dir: str, device: str = "cpu"):
-    """(model, tokenizer, config dict) of a finished run directory, with consistency checks."""
-    from nanorl.gpt import GPT, GPTConfig
-    from nanorl.tokenizer import Tokenizer
-    require_run_dir(run_dir)
-    config = read_json(os.path.join(run_dir, "config.json"))
-    tokenizer = Tokenizer.load(os.path.join(run_dir, "tokenizer.json"))
-    model = GPT(GPTConfig(**config["model"]))
-    if model.config.vocab_size != tokenizer.vocab_size:
-        raise RunError(f"{run_dir}: tokenizer has {tokenizer.vocab_size} tokens but the model expects "
-                       f"{model.config.vocab_size}; tokenizer.json and model.pt come from different runs")
-    model.load_state_dict(torch.load(os.path.join(run_dir, "model.pt"), map_location="cpu", weights_only=True))
-    return model.to(device).eval(), tokenizer, config
 
 
 def plot_stacked(path: str, xs: list, shares: dict[str, list], title: str, xlabel: str, ylabel: str):

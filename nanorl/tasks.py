@@ -29,7 +29,6 @@ reads from `#### N`: an exact rational (an int, or a Fraction for 1687.5 or 3/4;
 """
 
 import hashlib
-import os
 import random
 from dataclasses import dataclass
 
@@ -226,9 +225,7 @@ class Question:
 
 def read_gsm8k(path: str) -> list[Question]:
     """GSM8K-format JSONL (`question`, `answer` ending in `#### N`) as RL / evaluation prompts."""
-    if not os.path.isfile(path):
-        raise DataError(f"prompt file not found: {path}")
-    questions = []
+    questions = []  # iter_jsonl names a missing or unreadable file
     for where, row in iter_jsonl(path):
         if not isinstance(row, dict) or not isinstance(row.get("question"), str) or "answer" not in row:
             raise DataError(f"{where}: expected an object with string 'question' and 'answer' (GSM8K format)")
@@ -237,4 +234,6 @@ def read_gsm8k(path: str) -> list[Question]:
             raise DataError(f"{where}: 'answer' does not end in a numeric '#### N' gold answer; N may be "
                             f"72, -3, 1,234, 1687.5, .5, 3/4, -3/4 or $5 (see nanorl/verifier.py)")
         questions.append(Question(row["question"], gold))
+    if not questions:
+        raise DataError(f"{path}: no questions (the file is empty)")
     return questions

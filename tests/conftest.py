@@ -1,5 +1,6 @@
 """Shared fixtures: one tiny pretraining run reused by every test that needs a run directory."""
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -43,3 +44,14 @@ def sharp_gpt(**config):
             if p.dim() == 2:
                 torch.nn.init.normal_(p, std=0.3)
     return model
+
+
+def snapshot(root) -> dict[str, str]:
+    """sha256 of every file under root, by relative path: to show that a run left others untouched."""
+    out = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+    return out

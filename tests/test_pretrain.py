@@ -11,7 +11,7 @@ import time
 import pytest
 
 from conftest import ROOT, run_script
-from nanorl import runtime
+from nanorl import rundir, runtime
 
 
 def read_metrics(run_dir):
@@ -37,7 +37,7 @@ def test_smoke_writes_contract_files(pretrained_run):
 
 
 def test_load_run_gives_the_trained_model(pretrained_run):
-    model, tokenizer, config = runtime.load_run(str(pretrained_run))
+    model, tokenizer, config = rundir.load_policy(str(pretrained_run))
     assert model.config.vocab_size == tokenizer.vocab_size == config["model"]["vocab_size"]
     assert config["args"]["preset"] == "test"
 
@@ -109,11 +109,11 @@ def test_malformed_jsonl_line_is_a_clear_error(tmp_path):
 
 
 def test_missing_run_directory_is_a_clear_error(tmp_path):
-    with pytest.raises(runtime.RunError, match="does not exist"):
-        runtime.load_run(str(tmp_path / "nope"))
+    with pytest.raises(runtime.RunError, match="no such run directory"):
+        rundir.load_policy(str(tmp_path / "nope"))
     (tmp_path / "half").mkdir()
-    with pytest.raises(runtime.RunError, match="lacks model.pt"):
-        runtime.load_run(str(tmp_path / "half"))
+    with pytest.raises(runtime.RunError, match="has no config.json"):
+        rundir.load_policy(str(tmp_path / "half"))
 
 
 @pytest.mark.parametrize("flag, value, why", [

@@ -1,4 +1,5 @@
-"""The Bradley-Terry reward model: loss, last-token scoring, init, annotators, prefs files, train_rm.py."""
+"""The Bradley-Terry reward model: loss, last-token scoring, init, annotators, prefs files
+(train_rm.py end to end: tests/test_train_rm.py)."""
 
 import json
 import math
@@ -8,17 +9,14 @@ import re
 import pytest
 import torch
 
-from conftest import run_script
-from nanorl import runtime
+from nanorl import rundir, runtime
 from nanorl.data import DataError
 from nanorl.engine import Generation
 from nanorl.gpt import GPT, GPTConfig
-from nanorl.reward import (Pair, ScalarModel, bradley_terry_loss, gold_reward, last_token_scores, load_scalar_model,
-                           pairs_to_generation, preference_pairs, read_preferences, save_scalar_model, score)
+from nanorl.reward import (Pair, ScalarModel, bradley_terry_loss, gold_reward, last_token_scores, pairs_to_generation, preference_pairs, read_preferences, score)
 from nanorl.tokenizer import Tokenizer
 
 SMALL = GPTConfig(vocab_size=32, block_size=64, n_layer=2, n_head=2, n_embd=16)
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # tiny models: thread hand-offs cost more than they save on shared cores
 
 
 def small_model(seed=0) -> ScalarModel:
@@ -110,22 +108,23 @@ def test_from_gpt_copies_weights_without_sharing_storage():
 
 
 def test_save_and_load_round_trip_gives_identical_scores(tmp_path, pretrained_run):
-    _, tokenizer, _ = runtime.load_run(str(pretrained_run))
+    _, tokenizer, _ = rundir.load_policy(str(pretrained_run))
     config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=16)
     torch.manual_seed(0)
     model = ScalarModel(config)
     with torch.no_grad():
         model.head.bias.fill_(0.25)
-    save_scalar_model(str(tmp_path / "rm"), model, tokenizer, {"model": config.to_dict(), "kind": "reward_model"})
-    loaded, tok2, cfg = load_scalar_model(str(tmp_path / "rm"))
+    (tmp_path / "rm").mkdir()
+    rundir.save_model(str(tmp_path / "rm"), model, tokenizer, {"model": config.to_dict()}, kind="rm")
+    loaded, tok2, cfg = rundir.load_reward_model(str(tmp_path / "rm"))
     batch = pairs_to_generation([Pair([0, 40, 41], [50, 51, 1], [60, 1]), Pair([0, 42], [43, 1], [44, 45, 46])], eos_id=1, pad_id=2)
     with torch.no_grad():
         assert torch.equal(score(model.eval(), batch), score(loaded, batch))
-    assert cfg["kind"] == "reward_model" and tok2.vocab_size == tokenizer.vocab_size
-    with pytest.raises(runtime.RunError, match="not a reward/value model"):
-        load_scalar_model(str(pretrained_run))
-    with pytest.raises(runtime.RunError, match="does not exist"):
-        load_scalar_model(str(tmp_path / "nowhere"))
+    assert cfg["kind"] == "rm" and cfg["format"] == rundir.FORMAT and tok2.vocab_size == tokenizer.vocab_size
+    with pytest.raises(runtime.RunError, match=r"is a pretraining run \(kind pretrain\); --rm needs a reward-model run \(kind rm\)"):
+        rundir.load_reward_model(str(pretrained_run))
+    with pytest.raises(runtime.RunError, match="no such run directory"):
+        rundir.load_reward_model(str(tmp_path / "nowhere"))
 
 
 # ----------------------------------------------------------------------------- annotators
@@ -180,49 +179,3 @@ def test_read_preferences_and_malformed_lines(tmp_path, pretrained_run):
     path.write_text(json.dumps({"prompt": "x" * 300, "chosen": "y", "rejected": "z"}) + "\n")
     with pytest.raises(DataError, match="line 1: .*block_size"):
         read_preferences(str(path), tokenizer, block_size=64)
-
-
-# ----------------------------------------------------------------------------- train_rm.py
-
-def test_train_rm_smoke(tmp_path, pretrained_run):
-    out = tmp_path / "rm"
-    run_script("train_rm.py", "--init", str(pretrained_run), "--out", str(out), "--preset", "test",
-               "--shift-init", str(pretrained_run), env=ONE_THREAD)
-    for name in ("model.pt", "config.json", "tokenizer.json", "eval.json", "metrics.jsonl", "rm_accuracy.png"):
-        assert (out / name).exists(), name
-    result = json.loads((out / "eval.json").read_text())
-    assert 0.0 <= result["pair_accuracy"] <= 1.0 and 0.0 <= result["train_pair_accuracy"] <= 1.0
-    assert result["n_pairs"] > 0 and result["n_eval_pairs"] > 0 and result["label_noise"] == 0.0
-    assert 0.0 <= result["pair_accuracy_shifted"] <= 1.0 and result["n_shifted_pairs"] > 0
-    config = json.loads((out / "config.json").read_text())
-    assert config["kind"] == "reward_model" and config["init"] == str(pretrained_run)
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert metrics[0]["step"] == 0 and "eval/pair_accuracy" in metrics[-1]
-    assert all(math.isfinite(m["loss"]) for m in metrics[1:])
-    model, _, _ = load_scalar_model(str(out))
-    assert isinstance(model, ScalarModel)
-
-
-def test_train_rm_on_a_prefs_file(tmp_path, pretrained_run):
-    path = tmp_path / "prefs.jsonl"
-    rows = [{"prompt": f"Tom has {n} apples. How many apples does Tom have now?\n\n",
-             "chosen": f"The answer is \\boxed{{{n}}}.", "rejected": f"The answer is \\boxed{{{n + 1}}}."}
-            for n in range(10)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out = tmp_path / "rm_prefs"
-    run_script("train_rm.py", "--init", str(pretrained_run), "--out", str(out), "--preset", "test",
-               "--prefs", str(path), "--val-fraction", "0.2", env=ONE_THREAD)
-    result = json.loads((out / "eval.json").read_text())
-    assert (result["n_pairs"], result["n_eval_pairs"]) == (8, 2)
-    assert 0.0 <= result["pair_accuracy"] <= 1.0
-
-
-def test_train_rm_clear_errors(tmp_path, pretrained_run):
-    proc = run_script("train_rm.py", "--init", str(tmp_path / "missing"), "--out", str(tmp_path / "rm"),
-                      "--preset", "test", check=False, env=ONE_THREAD)
-    assert proc.returncode == 2 and "missing" in proc.stderr and "does not exist" in proc.stderr
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a"\n')
-    proc = run_script("train_rm.py", "--init", str(pretrained_run), "--out", str(tmp_path / "rm"),
-                      "--preset", "test", "--prefs", str(bad), check=False, env=ONE_THREAD)
-    assert proc.returncode == 2 and f"{bad}, line 2" in proc.stderr

@@ -1,17 +1,22 @@
-"""train_ppo.py end to end on the `test` preset: every --algo, the RM reward, resume, errors."""
+"""train_ppo.py end to end on the `test` preset: every --algo, the RM reward, resume and Ctrl-C,
+the --out rules, prompt files, errors."""
 
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 
 import pytest
 
-from conftest import ROOT, run_script
-from nanorl import verifier
+from conftest import ROOT, run_script, snapshot
+from nanorl import evals, rundir, runtime, verifier
 import train_ppo
 
 ALGOS = ["ppo", "grpo", "ei", "online_dpo", "dpo", "sft"]
+LONG_QUESTION = "Tom has 3 apples. " * 100 + "How many apples does Tom have?"  # longer than the test model's context
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +82,133 @@ def test_ppo_and_online_dpo_with_a_reward_model(pretrained_run, tmp_path):
         assert config["rm"] == str(rm) and config["init"] == str(pretrained_run)
 
 
+def read_metrics(run) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def read_metrics_safe(run) -> list[dict]:
+    try:
+        return read_metrics(run)
+    except (FileNotFoundError, json.JSONDecodeError):  # not written yet, or a line half-written
+        return []
+
+
+def test_ctrl_c_then_resume_gives_the_uninterrupted_run(pretrained_run, tmp_path):
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    # PPO (its missing-EOS penalty) changes the policy, value model and optimizer state at every step, so an
+    # inexact resume shows; 12 steps of 4 prompts x 4 samples leave seconds to interrupt in, with evaluations
+    # on both sides of the interruption
+    common = ["--init", str(pretrained_run), "--algo", "ppo", "--preset", "test", "--max-steps", "12",
+              "--eval-every", "4", "--prompts-per-step", "4", "--samples", "4", "--max-new-tokens", "64"]
+    run_script("train_ppo.py", *common, "--out", str(whole))
+    proc = subprocess.Popen([sys.executable, "train_ppo.py", *common, "--out", str(parts)], cwd=ROOT, text=True,
+                            env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while len(read_metrics_safe(parts)) < 2 and time.time() < deadline:  # wait until step 1 is logged
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    stopped_at = runtime.load_checkpoint(str(parts / "ckpt.pt"))["step"]
+    assert 1 <= stopped_at < 12 and f"saved {parts}/ckpt.pt at step {stopped_at}" in stdout
+    assert [m["step"] for m in read_metrics(parts)] == list(range(stopped_at + 1))  # whole steps only
+    run_script("train_ppo.py", *common, "--out", str(parts), "--resume")
+    expected, got = read_metrics(whole), read_metrics(parts)
+    assert [m["step"] for m in got] == list(range(13))
+    for a, b in zip(expected, got):
+        assert set(a) == set(b), a["step"]
+        for key in set(a) - {"time"}:
+            assert a[key] == pytest.approx(b[key], abs=1e-6), (a["step"], key)
+
+
+def test_out_equal_to_init_is_refused_and_init_stays_unchanged(pretrained_run):
+    before = snapshot(pretrained_run)
+    proc = run_script("train_ppo.py", "--init", str(pretrained_run), "--out", str(pretrained_run),
+                      "--preset", "test", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"error: --out {pretrained_run} overlaps the input run")
+    assert snapshot(pretrained_run) == before
+
+
+def test_existing_out_needs_resume_or_overwrite(pretrained_run, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("an earlier run\n")
+    args = ["train_ppo.py", "--init", str(pretrained_run), "--algo", "grpo", "--preset", "test", "--max-steps", "1",
+            "--out", str(out)]
+    proc = run_script(*args, check=False)
+    assert proc.returncode == 2 and "already holds a run" in proc.stderr and "--overwrite" in proc.stderr
+    assert os.listdir(out) == ["notes.txt"]
+    run_script(*args, "--overwrite")
+    assert not (out / "notes.txt").exists() and [m["step"] for m in read_metrics(out)] == [0, 1]
+    assert json.loads((out / "config.json").read_text())["kind"] == "policy"
+
+
+def test_init_must_be_a_language_model_run(pretrained_run, tmp_path):
+    rm = tmp_path / "rm"
+    shutil.copytree(pretrained_run, rm, ignore=shutil.ignore_patterns("data", "ckpt.pt"))
+    config = json.loads((rm / "config.json").read_text())
+    (rm / "config.json").write_text(json.dumps({**config, "kind": "rm"}))
+    proc = run_script("train_ppo.py", "--init", str(rm), "--preset", "test", "--out", str(tmp_path / "o"), check=False)
+    assert proc.returncode == 2
+    assert proc.stderr == (f"error: --init {rm} is a reward-model run (kind rm); --init needs a pretraining run "
+                           f"(kind pretrain) or a fine-tuned policy run (kind policy)\n")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("algo", ["grpo", "online_dpo", "dpo"])
+def test_one_sample_per_prompt_is_refused_where_samples_are_compared(capsys, algo):
+    with pytest.raises(SystemExit) as exit_info:
+        train_ppo.parse_args(["--init", "runs/x", "--algo", algo, "--samples", "1"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith(f"error: --samples 1: --algo {algo} compares the responses")
+    assert train_ppo.parse_args(["--init", "runs/x", "--algo", "ei", "--samples", "1"]).samples == 1
+
+
+def gsm8k_line(question: str, answer: int) -> str:
+    return json.dumps({"question": question, "answer": f"Some working.\n#### {answer}"})
+
+
+def test_prompts_file_with_bom_and_crlf_loads_and_too_long_prompts_are_skipped(pretrained_run, tmp_path):
+    prompts = tmp_path / "gsm8k.jsonl"
+    lines = [gsm8k_line("Tom has 3 pens. He buys 2 more pens. How many pens does Tom have now?", 5),
+             gsm8k_line(LONG_QUESTION, 3),
+             gsm8k_line("Mia has 8 cards. She loses 2 cards. How many cards does Mia have now?", 6)]
+    prompts.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode() + b"\r\n")
+    model, tokenizer, _ = rundir.load_policy(str(pretrained_run))
+    room = model.config.block_size - train_ppo.PRESETS["test"]["max_new_tokens"]
+    args = train_ppo.parse_args(["--init", str(pretrained_run), "--preset", "test", "--prompts", str(prompts)])
+    pool = train_ppo.training_prompts(args, tokenizer, room, runtime.Dist())
+    assert [(p.question, p.answer) for p in pool] == [
+        ("Tom has 3 pens. He buys 2 more pens. How many pens does Tom have now?", 5),
+        ("Mia has 8 cards. She loses 2 cards. How many cards does Mia have now?", 6)]
+    out = tmp_path / "out"
+    proc = run_script("train_ppo.py", "--init", str(pretrained_run), "--algo", "grpo", "--preset", "test",
+                      "--max-steps", "1", "--prompts", str(prompts), "--out", str(out))
+    longest = len(evals.encode_prompts(tokenizer, [LONG_QUESTION])[0])
+    assert f"skipped 1 of 3 prompts longer than the {room} tokens --max-new-tokens 24 leaves (the longest has " \
+           f"{longest})" in proc.stdout
+    assert [m["step"] for m in read_metrics(out)] == [0, 1]
+
+
+def test_no_prompt_that_fits_is_one_error_with_the_numbers(pretrained_run, tmp_path):
+    prompts = tmp_path / "long.jsonl"
+    prompts.write_text(gsm8k_line(LONG_QUESTION, 3) + "\n" + gsm8k_line(LONG_QUESTION + " Really?", 3) + "\n")
+    proc = run_script("train_ppo.py", "--init", str(pretrained_run), "--preset", "test", "--prompts", str(prompts),
+                      "--out", str(tmp_path / "out"), check=False)
+    model, tokenizer, _ = rundir.load_policy(str(pretrained_run))
+    shortest = len(evals.encode_prompts(tokenizer, [LONG_QUESTION])[0])
+    assert proc.returncode == 2
+    room = model.config.block_size - train_ppo.PRESETS["test"]["max_new_tokens"]
+    assert proc.stderr == (f"error: --prompts {prompts}: none of its 2 prompts fits the context: the shortest is "
+                           f"{shortest} tokens, and --max-new-tokens 24 leaves room for {room}; lower "
+                           f"--max-new-tokens or give shorter prompts\n")
+    assert not (tmp_path / "out").exists()
+
+
 def test_clear_errors(pretrained_run, tmp_path):
     proc = run_script("train_ppo.py", "--init", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), check=False)
-    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    assert proc.returncode == 2 and "no such run directory" in proc.stderr
     proc = run_script("train_ppo.py", "--init", str(pretrained_run), "--reward", "rm", check=False)
     assert proc.returncode == 2 and "--rm" in proc.stderr
     bad = tmp_path / "gsm8k.jsonl"

@@ -1,0 +1,173 @@
+"""Run directories: the only interface between the scripts, and the rules every script keeps.
+
+A run directory holds config.json (with "kind" and "format"), tokenizer.json and model.pt, plus
+what its script writes besides (metrics.jsonl, eval.json, plots, ckpt.pt). The kinds:
+
+    pretrain   train_pretrain.py   a language model pretrained from scratch
+    rm         train_rm.py         a reward model: a GPT with a scalar head
+    policy     train_ppo.py        a fine-tuned language model
+
+1. A loader per role checks the kind first and says in one line what it was given and what the
+   flag needs: "--init runs/rm is a reward-model run (kind rm); --init needs a pretraining run
+   (kind pretrain) or a fine-tuned policy run (kind policy)". Directories written before kinds existed get theirs from config.json's "script".
+2. A corrupt or mismatched directory (a truncated model.pt, a missing tokenizer.json, the
+   tokenizer of another run) is a RunError naming the file and what to do, never a traceback.
+3. Outputs: `prepare_out` refuses an --out that is, or lies inside, an input run directory (or
+   holds one), and an --out that already holds a run unless --resume (continue it) or
+   --overwrite (replace it) says so. Scripts call it after every input has been validated, so a
+   bad input never touches --out; files inside are written atomically (runtime.write_json,
+   runtime.save_checkpoint).
+"""
+
+import os
+import shutil
+
+import torch
+
+from nanorl import runtime
+from nanorl.gpt import GPT, GPTConfig
+from nanorl.reward import ScalarModel
+from nanorl.runtime import RunError
+from nanorl.tokenizer import Tokenizer
+
+FORMAT = 1  # bump when the layout of a run directory changes
+KINDS = {  # kind: (the script that writes it, how a message names it)
+    "pretrain": ("train_pretrain.py", "a pretraining run"),
+    "rm": ("train_rm.py", "a reward-model run"),
+    "policy": ("train_ppo.py", "a fine-tuned policy run"),
+}
+LEGACY_KINDS = {"train_pretrain.py": "pretrain", "train_rm.py": "rm", "train_ppo.py": "policy", "reward_model": "rm"}
+MODEL_FILES = ("config.json", "tokenizer.json", "model.pt")
+
+
+def kind_of(config: dict) -> str | None:
+    """The run's kind; runs written before kinds existed are known by their script."""
+    kind = config.get("kind")
+    return kind if kind in KINDS else LEGACY_KINDS.get(kind) or LEGACY_KINDS.get(config.get("script"))
+
+
+def read_config(path: str, flag: str) -> dict:
+    try:
+        return runtime.read_json(os.path.join(path, "config.json"))
+    except (OSError, ValueError) as err:
+        raise RunError(f"{flag} {path}: config.json is unreadable ({err}); the run did not finish writing it, "
+                       f"or it was edited by hand") from None
+
+
+def check_run(path: str, flag: str, kinds: tuple[str, ...], files=MODEL_FILES) -> dict:
+    """The config of run directory `path`, given as `flag`, after checking it is one of `kinds`
+    and holds `files`. Every failure is one RunError line saying what to do."""
+    script, _ = KINDS[kinds[0]]
+    if not os.path.exists(path):
+        raise RunError(f"{flag} {path}: no such run directory; make one with `python {script} --out {path}`")
+    if not os.path.isdir(path):
+        raise RunError(f"{flag} {path} is a file, not a run directory")
+    if not os.path.exists(os.path.join(path, "config.json")):
+        raise RunError(f"{flag} {path} has no config.json: not a run directory, or its run did not finish")
+    config = read_config(path, flag)
+    kind = kind_of(config)
+    if kind not in kinds:
+        what = f"{KINDS[kind][1]} (kind {kind})" if kind else "a run directory of unknown kind"
+        wanted = " or ".join(f"{KINDS[k][1]} (kind {k})" for k in kinds)
+        raise RunError(f"{flag} {path} is {what}; {flag} needs {wanted}")
+    missing = [f for f in files if not os.path.exists(os.path.join(path, f))]
+    if missing:
+        raise RunError(f"{flag} {path} lacks {', '.join(missing)}; was `{KINDS[kind][0]}` run to completion there?")
+    return config
+
+
+def load_tokenizer(path: str, flag: str) -> Tokenizer:
+    try:
+        return Tokenizer.load(os.path.join(path, "tokenizer.json"))
+    except Exception as err:  # the tokenizers library raises its own exception types
+        raise RunError(f"{flag} {path}: tokenizer.json is unreadable ({str(err)[:120]}); copy it back from "
+                       f"the run it came from, or re-run that script") from None
+
+
+def load_weights(module: torch.nn.Module, path: str, flag: str):
+    """model.pt into `module`: only tensors are unpickled (weights_only), and a truncated file or a
+    model of another shape is one clear error."""
+    file = os.path.join(path, "model.pt")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch's zip reader and unpickler raise many types
+        raise RunError(f"{flag} {path}: model.pt is unreadable, truncated or corrupt ({str(err)[:120]}); "
+                       f"re-run the script that wrote it") from None
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        first = str(err).splitlines()[0][:160]
+        raise RunError(f"{flag} {path}: model.pt does not match the model in config.json ({first}); "
+                       f"the two files come from different runs") from None
+
+
+def _model_config(config: dict, path: str, flag: str) -> GPTConfig:
+    try:
+        return GPTConfig(**config["model"])
+    except (KeyError, TypeError) as err:
+        raise RunError(f"{flag} {path}: config.json has no valid \"model\" entry ({err})") from None
+
+
+def _check_vocab(model_config: GPTConfig, tokenizer: Tokenizer, path: str, flag: str):
+    if model_config.vocab_size != tokenizer.vocab_size:
+        raise RunError(f"{flag} {path}: tokenizer.json has {tokenizer.vocab_size} tokens but the model expects "
+                       f"{model_config.vocab_size}; tokenizer.json and model.pt come from different runs")
+
+
+def load_policy(path: str, flag: str = "--init", device: str = "cpu"):
+    """(GPT, tokenizer, config) of a pretrain or policy run, in eval mode on `device`."""
+    config = check_run(path, flag, ("pretrain", "policy"))
+    tokenizer, model_config = load_tokenizer(path, flag), _model_config(config, path, flag)
+    _check_vocab(model_config, tokenizer, path, flag)
+    model = GPT(model_config)
+    load_weights(model, path, flag)
+    return model.to(device).eval(), tokenizer, config
+
+
+def load_reward_model(path: str, flag: str = "--rm", device: str = "cpu"):
+    """(ScalarModel, tokenizer, config) of a reward-model run, in eval mode on `device`."""
+    config = check_run(path, flag, ("rm",))
+    tokenizer, model_config = load_tokenizer(path, flag), _model_config(config, path, flag)
+    _check_vocab(model_config, tokenizer, path, flag)
+    model = ScalarModel(model_config)
+    load_weights(model, path, flag)
+    return model.to(device).eval(), tokenizer, config
+
+
+def save_model(path: str, model: torch.nn.Module, tokenizer: Tokenizer, config: dict, kind: str):
+    """model.pt, tokenizer.json and config.json (stamped with kind and format) of a finished model."""
+    runtime.save_checkpoint(os.path.join(path, "model.pt"), model.state_dict())
+    tokenizer.save(os.path.join(path, "tokenizer.json"))
+    write_config(path, config, kind)
+
+
+def write_config(path: str, config: dict, kind: str):
+    runtime.write_json(os.path.join(path, "config.json"), {**config, "kind": kind, "format": FORMAT})
+
+
+def _inside(inner: str, outer: str) -> bool:
+    inner, outer = os.path.realpath(inner), os.path.realpath(outer)
+    return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
+
+
+def prepare_out(out: str, inputs: list[str | None], resume: bool = False, overwrite: bool = False):
+    """Create --out, after refusing every way it could destroy a run (see the module docstring)."""
+    for run in filter(None, inputs):
+        if _inside(out, run) or _inside(run, out):
+            raise RunError(f"--out {out} overlaps the input run {run}; a script never writes into a run it "
+                           f"reads: pick a new --out")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise RunError(f"--out {out} is an existing file; give a directory path")
+    if resume and overwrite:
+        raise RunError("--resume continues --out and --overwrite replaces it: pass one of them")
+    if resume and not os.path.exists(os.path.join(out, "ckpt.pt")):
+        raise RunError(f"--resume: {out}/ckpt.pt not found; start without --resume")
+    if not resume and os.path.isdir(out) and os.listdir(out):
+        if not overwrite:
+            raise RunError(f"--out {out} already holds a run; pass --resume to continue it, --overwrite to "
+                           f"replace it, or pick a new --out")
+        shutil.rmtree(out)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as err:
+        raise RunError(f"--out {out} cannot be created ({err.strerror}); pick a writable path") from None
