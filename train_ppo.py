@@ -28,7 +28,6 @@ DDP: prompts are sharded by rank, gradients averaged by DDP, statistics all-redu
 import argparse
 import copy
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -389,6 +388,19 @@ def write_plots(args, metrics: list[dict], before: dict, after: dict):
                       "pass@1")
 
 
+def finish(args, trainer, before: dict, device, dtype):
+    """The held-out evaluation after training, eval.json, the plots and the before/after lines."""
+    after = evaluate(trainer.policy, trainer.tokenizer, trainer.eval_problems, args, device, dtype)
+    runtime.write_json(os.path.join(args.out, "eval.json"), {"before": before, "after": after})
+    write_plots(args, [record for _, record in runtime.iter_jsonl(os.path.join(args.out, "metrics.jsonl"))],
+                before, after)
+    for name, result in (("before", before), ("after", after)):
+        print0(f"{name:>6}: " + runtime.format_line({"pass@1": result["pass@1"], f"pass@{result['k']}": result["pass@k"],
+                                                      f"maj@{result['k']}": result["maj@k"]}) +
+               " | shares " + runtime.format_line(result["sampled_format_share"]))
+    print0(f"wrote {args.out}/ (eval.json, metrics.jsonl, *.png)")
+
+
 def start_run(args, trainer, info, device, dtype):
     """Make --out (rank 0 writes), then resume the run there or evaluate the initial policy.
     Returns (first step, held-out results before training, metrics log)."""
@@ -460,20 +472,10 @@ def main(argv=None):
                 print0(f"stopped after step {step + 1} (--stop-after); continue with --resume", info=info)
                 return
     trainer.save(args.max_steps)
-    if not info.is_main:
-        runtime.shutdown_distributed(info)
-        return
-    after = evaluate(trainer.policy, trainer.tokenizer, trainer.eval_problems, args, device, dtype)
-    runtime.write_json(os.path.join(args.out, "eval.json"), {"before": before, "after": after})
-    with open(os.path.join(args.out, "metrics.jsonl")) as f:
-        write_plots(args, [json.loads(line) for line in f], before, after)
-    for name, result in (("before", before), ("after", after)):
-        print0(f"{name:>6}: " + runtime.format_line({"pass@1": result["pass@1"], f"pass@{result['k']}": result["pass@k"],
-                                                      f"maj@{result['k']}": result["maj@k"]}) +
-               " | shares " + runtime.format_line(result["sampled_format_share"]))
-    print0(f"wrote {args.out}/ (eval.json, metrics.jsonl, *.png)")
+    if info.is_main:
+        finish(args, trainer, before, device, dtype)
+    runtime.barrier(info)  # ranks leave together: a rank that destroys the group early can abort another
     runtime.shutdown_distributed(info)
-
 
 if __name__ == "__main__":
     runtime.run_cli(main)
