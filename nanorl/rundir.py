@@ -6,6 +6,7 @@ what its script writes besides (metrics.jsonl, eval.json, plots, ckpt.pt). The k
     pretrain   train_pretrain.py   a language model pretrained from scratch
     rm         train_rm.py         a reward model: a GPT with a scalar head
     policy     train_ppo.py        a fine-tuned language model
+    mdl        probe_mdl.py        an extractability experiment (no model: eval.json, tables, plots)
 
 1. A loader per role checks the kind first and says in one line what it was given and what the
    flag needs: "--init runs/rm is a reward-model run (kind rm); --init needs a pretraining run
@@ -35,6 +36,7 @@ KINDS = {  # kind: (the script that writes it, how a message names it)
     "pretrain": ("train_pretrain.py", "a pretraining run"),
     "rm": ("train_rm.py", "a reward-model run"),
     "policy": ("train_ppo.py", "a fine-tuned policy run"),
+    "mdl": ("probe_mdl.py", "an extractability (MDL) run"),
 }
 LEGACY_KINDS = {"train_pretrain.py": "pretrain", "train_rm.py": "rm", "train_ppo.py": "policy", "reward_model": "rm"}
 MODEL_FILES = ("config.json", "tokenizer.json", "model.pt")
@@ -150,7 +152,8 @@ def _inside(inner: str, outer: str) -> bool:
     return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
 
 
-def prepare_out(out: str, inputs: list[str | None], resume: bool = False, overwrite: bool = False):
+def prepare_out(out: str, inputs: list[str | None], resume: bool = False, overwrite: bool = False,
+                resume_file: str = "ckpt.pt"):
     """Create --out, after refusing every way it could destroy a run (see the module docstring)."""
     for run in filter(None, inputs):
         if _inside(out, run) or _inside(run, out):
@@ -160,8 +163,8 @@ def prepare_out(out: str, inputs: list[str | None], resume: bool = False, overwr
         raise RunError(f"--out {out} is an existing file; give a directory path")
     if resume and overwrite:
         raise RunError("--resume continues --out and --overwrite replaces it: pass one of them")
-    if resume and not os.path.exists(os.path.join(out, "ckpt.pt")):
-        raise RunError(f"--resume: {out}/ckpt.pt not found; start without --resume")
+    if resume and not os.path.exists(os.path.join(out, resume_file)):
+        raise RunError(f"--resume: {out}/{resume_file} not found; start without --resume")
     if not resume and os.path.isdir(out) and os.listdir(out):
         if not overwrite:
             raise RunError(f"--out {out} already holds a run; pass --resume to continue it, --overwrite to "

@@ -1,6 +1,6 @@
 """Every top-level script against a table of bad inputs: each must stop with exit code 2 and ONE
 line starting with `error:`, print no traceback, and leave every run directory that existed
-before byte-for-byte unchanged. (probe_mdl.py and rlp.py join the table when they exist.)"""
+before byte-for-byte unchanged. (rlp.py joins the table when it exists.)"""
 
 import json
 import os
@@ -42,6 +42,7 @@ def edit_config(run, **changes):
 PPO = ["train_ppo.py", "--preset", "test", "--algo", "grpo"]
 RM = ["train_rm.py", "--preset", "test"]
 PRE = ["train_pretrain.py", "--preset", "test"]
+MDL = ["probe_mdl.py", "--preset", "smoke"]
 CASES = {  # name: (argv with {world paths}; --out defaults to a new directory, what the error line must say)
     "ppo: --out is --init": (PPO + ["--init", "{pre}", "--out", "{pre}"], "overlaps the input run"),
     "ppo: --out inside --init": (PPO + ["--init", "{pre}", "--out", "{pre}/sub"], "overlaps the input run"),
@@ -77,6 +78,16 @@ CASES = {  # name: (argv with {world paths}; --out defaults to a new directory, 
     "pretrain: mixture file missing": (PRE + ["--mixture", "omi2={root}/nope.jsonl:1"], "nope.jsonl"),
     "pretrain: --max-new-tokens beyond context": (PRE + ["--max-new-tokens", "300"], "--max-new-tokens"),
     "pretrain: --batch-size 0": (PRE + ["--batch-size", "0"], "--batch-size"),
+    "mdl: --out is --init": (MDL + ["--init", "{pre}", "--out", "{pre}"], "overlaps the input run"),
+    "mdl: --out holds a run": (MDL + ["--out", "{existing}"], "--overwrite"),
+    "mdl: --init is a reward model": (MDL + ["--init", "{rm}"], "is a reward-model run (kind rm)"),
+    "mdl: --init model.pt truncated": (MDL + ["--init", "{truncated}"], "model.pt is unreadable"),
+    "mdl: unknown --targets": (MDL + ["--targets", "contains_1,contains_7"], "contains_7"),
+    "mdl: --evidence out of range": (MDL + ["--evidence", "0,1.5"], "--evidence"),
+    "mdl: --evidence not numbers": (MDL + ["--evidence", "0,lots"], "--evidence"),
+    "mdl: --probe-n too small": (MDL + ["--probe-n", "5"], "--probe-n"),
+    "mdl: --seeds 0": (MDL + ["--seeds", "0"], "--seeds"),
+    "mdl: --resume without runs.jsonl": (MDL + ["--resume"], "runs.jsonl not found"),
 }
 
 
