@@ -100,6 +100,11 @@ def parse_args(argv=None):
     p.add_argument("--n-eval", type=positive_int, help="held-out problems for evaluation")
     p.add_argument("--eval-samples", type=positive_int, help="k of pass@k / maj@k")
     p.add_argument("--eval-every", type=positive_int, help="steps between held-out evaluations")
+    p.add_argument("--judge-temperature", type=non_negative_float, default=0.1,
+                   help="win-rate's simulated annotator: P(a beats b) = sigmoid((gold_a - gold_b) / T); 0: the "
+                        "higher gold reward always wins (ties split)")
+    p.add_argument("--quality-coef", type=non_negative_float, default=0.1,
+                   help="gold reward = 1[correct] + this * (1 - length / max_new_tokens), as in train_rm.py")
     p.add_argument("--max-new-tokens", type=positive_int, help="longest response")
     p.add_argument("--ckpt-every", type=positive_int, default=20, help="steps between checkpoints")
     p.add_argument("--seed", type=int, default=1337, help="seed for prompts, sampling and updates")
@@ -137,7 +142,7 @@ def rl_config(args) -> algos.RLConfig:
 
 
 def prompt_lengths(problems, tokenizer) -> list[int]:
-    return [len(ids) for ids in evals.encode_prompts(tokenizer, [p.question for p in problems])]
+    return [len(ids) for ids in tasks.encode_prompts(tokenizer, [p.question for p in problems])]
 
 
 def prompt_room(args, policy, tokenizer, eval_problems) -> int:
@@ -202,6 +207,17 @@ def evaluate(policy, tokenizer, problems, args, device, dtype) -> dict:
     with runtime.autocast(device, dtype):
         return evals.evaluate(policy, tokenizer, problems, n_samples=args.eval_samples, temperature=args.temperature,
                               max_new_tokens=args.max_new_tokens, seed=args.seed)
+
+
+def judged(trainer, args, device, dtype) -> dict:
+    """pass@k and friends, plus the win-rate against the initial policy (trainer.ref) and the gold reward."""
+    result = evaluate(trainer.policy, trainer.tokenizer, trainer.eval_problems, args, device, dtype)
+    with runtime.autocast(device, dtype):
+        result.update(evals.win_rate(trainer.policy, trainer.ref, trainer.tokenizer, trainer.eval_problems,
+                                     temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                                     quality_coef=args.quality_coef, judge_temperature=args.judge_temperature,
+                                     seed=args.seed + 7))
+    return result
 
 
 def build_models(args, device):
@@ -390,13 +406,14 @@ def write_plots(args, metrics: list[dict], before: dict, after: dict):
 
 def finish(args, trainer, before: dict, device, dtype):
     """The held-out evaluation after training, eval.json, the plots and the before/after lines."""
-    after = evaluate(trainer.policy, trainer.tokenizer, trainer.eval_problems, args, device, dtype)
+    after = judged(trainer, args, device, dtype)
     runtime.write_json(os.path.join(args.out, "eval.json"), {"before": before, "after": after})
     write_plots(args, [record for _, record in runtime.iter_jsonl(os.path.join(args.out, "metrics.jsonl"))],
                 before, after)
     for name, result in (("before", before), ("after", after)):
         print0(f"{name:>6}: " + runtime.format_line({"pass@1": result["pass@1"], f"pass@{result['k']}": result["pass@k"],
-                                                      f"maj@{result['k']}": result["maj@k"]}) +
+                                                      f"maj@{result['k']}": result["maj@k"], "win-rate": result["win_rate"],
+                                                      "gold": result["gold_reward"]}) +
                " | shares " + runtime.format_line(result["sampled_format_share"]))
     print0(f"wrote {args.out}/ (eval.json, metrics.jsonl, *.png)")
 
@@ -420,7 +437,7 @@ def start_run(args, trainer, info, device, dtype):
         rundir.write_config(args.out, config, "policy")
         trainer.tokenizer.save(os.path.join(args.out, "tokenizer.json"))
         print0(f"evaluating the initial policy on {len(trainer.eval_problems)} held-out problems ...")
-        before = evaluate(trainer.policy, trainer.tokenizer, trainer.eval_problems, args, device, dtype)
+        before = judged(trainer, args, device, dtype)
         runtime.write_json(os.path.join(args.out, "eval_before.json"), before)
         log.write({"step": 0, **eval_record(before)})
     runtime.barrier(info)

@@ -53,10 +53,9 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm import tqdm
 
-from nanorl import evals, rundir, runtime, verifier
-from nanorl.engine import generate, pack
-from nanorl.reward import (Pair, ScalarModel, bradley_terry_loss, gold_reward, pairs_to_generation,
-                           preference_pairs, read_preferences, score)
+from nanorl import rundir, runtime
+from nanorl.reward import (Pair, ScalarModel, bradley_terry_loss, evaluate_pairs, normalise_scale,
+                           pairs_to_generation, read_preferences, sample_pairs, sample_responses, score)
 from nanorl.runtime import (RunError, non_negative_float, non_negative_int, positive_float, positive_int,
                             print0)
 from nanorl.tasks import problem_set
@@ -140,41 +139,6 @@ class PreferenceData:
                    state["calibration"], state["stats"])
 
 
-@torch.no_grad()
-def sample_responses(policy, tokenizer, problems, args, seed, device, dtype, desc):
-    """K samples per problem from the policy: [(prompt, response) token lists], their gold rewards, and stats."""
-    prompts = evals.encode_prompts(tokenizer, [p.question for p in problems])
-    max_new = min(args.max_new_tokens, policy.config.block_size - max(len(p) for p in prompts))
-    if max_new < 1:
-        raise RunError(f"prompts of up to {max(map(len, prompts))} tokens leave no room in block_size "
-                       f"{policy.config.block_size}")
-    K, generator = args.samples_per_prompt, torch.Generator(device=device).manual_seed(seed)
-    responses, gold, correct, truncated = [], [], [], []
-    for i in tqdm(range(0, len(problems), args.sample_batch), desc=desc, leave=False, dynamic_ncols=True):
-        chunk = problems[i:i + args.sample_batch]
-        with runtime.autocast(device, dtype):
-            gen = generate(policy, prompts[i:i + len(chunk)], max_new, eos_id=tokenizer.eos_id,
-                           pad_id=tokenizer.pad_id, n_samples=K, temperature=args.temperature, generator=generator)
-        texts, rows = tokenizer.decode_batch(gen.responses()), gen.tokens.tolist()
-        lengths, ended = gen.mask.sum(1).tolist(), gen.ended.tolist()
-        hits = [verifier.is_correct(text, chunk[r // K].answer) for r, text in enumerate(texts)]
-        gold += [gold_reward(hits[r], lengths[r], ended[r], max_new, args.quality_coef) for r in range(len(rows))]
-        responses += [(prompts[i + r // K], rows[r][:lengths[r]]) for r in range(len(rows))]
-        correct += hits
-        truncated += [not e for e in ended]
-    stats = {"sample_accuracy": sum(correct) / len(correct), "truncated_share": sum(truncated) / len(truncated),
-             "max_new_tokens": max_new}
-    return responses, gold, stats
-
-
-def sample_pairs(policy, tokenizer, problems, args, label_noise, seed, device, dtype, desc):
-    """Preference pairs from the policy's samples, labelled by simulated annotators; and stats."""
-    responses, gold, stats = sample_responses(policy, tokenizer, problems, args, seed, device, dtype, desc)
-    labelled = preference_pairs(gold, args.samples_per_prompt, args.pairs_per_prompt, label_noise, random.Random(seed))
-    pairs = [Pair(responses[c][0], responses[c][1], responses[r][1], gold[c] - gold[r]) for c, r in labelled]
-    return pairs, stats
-
-
 def split_by_prompt(pairs: list[Pair], val_fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
     """(train, held-out): a seeded val_fraction of the distinct prompts is held out with all its pairs,
     so the held-out accuracy is measured on prompts the model never trained on."""
@@ -242,26 +206,6 @@ def pair_rewards(model, pairs, tokenizer, device, dtype):
     with runtime.autocast(device, dtype):
         rewards = score(model, pairs_to_generation(pairs, tokenizer.eos_id, tokenizer.pad_id, device))
     return rewards[:len(pairs)], rewards[len(pairs):]
-
-
-@torch.no_grad()
-def score_responses(model, responses, tokenizer, args, device, dtype) -> torch.Tensor:
-    """(N,) scores of [(prompt, response) token lists], in batches of 2 * --batch-size rows."""
-    scores = []
-    for i in range(0, len(responses), 2 * args.batch_size):
-        prompts, texts = zip(*responses[i:i + 2 * args.batch_size])
-        gen = pack(list(prompts), list(texts), eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, device=device)
-        with runtime.autocast(device, dtype):
-            scores.append(score(model, gen))
-    return torch.cat(scores)
-
-
-def evaluate_pairs(model, pairs, tokenizer, args, device, dtype):
-    """Accuracy (vs the stored labels) and the (r_chosen, r_rejected) scores of all pairs."""
-    responses = [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs]
-    rewards = score_responses(model, responses, tokenizer, args, device, dtype)
-    chosen, rejected = rewards[:len(pairs)], rewards[len(pairs):]
-    return (chosen > rejected).float().mean().item(), chosen, rejected
 
 
 # ----------------------------------------------------------------------------- training
@@ -383,31 +327,6 @@ def train(run, tokenizer, args, device, dtype):
 
 
 # ----------------------------------------------------------------------------- normalisation and evaluation
-
-@torch.no_grad()
-def normalise_head(head: torch.nn.Linear, scores: torch.Tensor) -> tuple[float, float]:
-    """Rescale `head` in place so that `scores` (its outputs on the calibration responses) get mean 0
-    and std 1; returns (gain, bias_shift), with new score = gain * old score + bias_shift."""
-    mean, std = scores.mean().item(), scores.std().item()
-    if not std > 0:
-        raise RunError(f"the {len(scores)} calibration responses all score {mean:.4g}: cannot normalise the "
-                       f"reward scale; raise --n-calib-prompts or --temperature (or add pairs to --prefs)")
-    gain, bias_shift = 1.0 / std, -mean / std
-    head.weight.mul_(gain)
-    head.bias.mul_(gain).add_(bias_shift)
-    return gain, bias_shift
-
-
-def normalise_scale(model, calibration, tokenizer, args, device, dtype) -> dict:
-    """Normalise the reward head on the calibration responses; the recorded gain, shift and scores."""
-    before = score_responses(model, calibration, tokenizer, args, device, dtype)
-    gain, bias_shift = normalise_head(model.head, before)
-    after = score_responses(model, calibration, tokenizer, args, device, dtype)  # measured, not assumed
-    return {"reward_gain": gain, "reward_bias_shift": bias_shift, "n_calib_responses": len(calibration),
-            "score_mean_before_normalisation": before.mean().item(),
-            "score_std_before_normalisation": before.std().item(),
-            "calib_score_mean": after.mean().item(), "calib_score_std": after.std().item()}
-
 
 def evaluate(run, tokenizer, args, device, dtype) -> dict:
     """Normalise the trained model's scale, then its held-out and training pair accuracies (eval.json)."""

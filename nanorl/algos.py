@@ -29,7 +29,7 @@ import torch
 
 from nanorl import rl, verifier
 from nanorl.engine import Generation, generate, sequence_logprobs
-from nanorl.evals import encode_prompts
+from nanorl.tasks import encode_prompts
 
 
 @dataclass

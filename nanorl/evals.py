@@ -3,6 +3,11 @@ and the share of each solution format among samples (the Echo Chamber's signatur
 
     pass@k (unbiased, Chen et al. 2021):  1 - C(n - c, k) / C(n, k)   for n samples, c correct
     maj@k:   the most common extracted answer among k samples equals the gold answer
+    win-rate: a simulated annotator compares one sampled response per problem from the model with
+             one from a reference model; it prefers a over b with probability
+             sigmoid((gold(a) - gold(b)) / T_judge) (Bradley-Terry on the gold reward; a tie is
+             0.5; T_judge = 0: always the higher gold reward). win-rate = the mean of that
+             probability over problems, stderr = its std / sqrt(n). gold = reward.gold_reward.
     format share:  fraction of samples whose format (verifier.extract_answer) is f
     accuracy by format:  among samples written in format f, the fraction that is correct
 
@@ -25,12 +30,8 @@ import torch
 
 from nanorl import verifier
 from nanorl.engine import generate
-from nanorl.tasks import Problem, prompt_text
-
-
-def encode_prompts(tokenizer, questions: list[str]) -> list[list[int]]:
-    """[BOS] + question + blank line: exactly how every pretraining document begins."""
-    return [[tokenizer.bos_id] + ids for ids in tokenizer.encode_batch([prompt_text(q) for q in questions])]
+from nanorl.reward import gold_reward
+from nanorl.tasks import Problem, encode_prompts
 
 
 def sample_completions(model, tokenizer, questions: list[str], *, n_samples: int = 1, temperature: float = 0.0,
@@ -111,3 +112,41 @@ def evaluate(model, tokenizer, problems: list[Problem], *, n_samples: int = 8, t
                    "sampled_format_share": sampled["format_share"],
                    "sampled_pass@1_by_format": sampled["pass@1_by_format"]})
     return result
+
+
+def judge_win_probability(gold_a: torch.Tensor, gold_b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """P(the simulated annotator prefers a over b), elementwise; ties are 0.5."""
+    diff = gold_a - gold_b
+    if temperature == 0:
+        return (diff > 0).float() + 0.5 * (diff == 0).float()
+    return torch.sigmoid(diff / temperature)
+
+
+@torch.no_grad()
+def sampled_gold(model, tokenizer, problems: list[Problem], *, temperature: float, max_new_tokens: int,
+                 quality_coef: float, seed: int, batch_size: int = 64) -> torch.Tensor:
+    """(n,) gold rewards of one sampled response per problem (a seeded generator: same seed, same draws)."""
+    prompts = encode_prompts(tokenizer, [p.question for p in problems])
+    generator = torch.Generator(device=model.rope_cos.device).manual_seed(seed)
+    gold = []
+    for i in range(0, len(prompts), batch_size):
+        gen = generate(model, prompts[i:i + batch_size], max_new_tokens, eos_id=tokenizer.eos_id,
+                       pad_id=tokenizer.pad_id, temperature=temperature, generator=generator)
+        texts = tokenizer.decode_batch(gen.responses())
+        for problem, text, length, ended in zip(problems[i:i + batch_size], texts, gen.mask.sum(1).tolist(),
+                                                gen.ended.tolist()):
+            gold.append(gold_reward(verifier.is_correct(text, problem.answer), length, ended, max_new_tokens,
+                                    quality_coef))
+    return torch.tensor(gold)
+
+
+def win_rate(model, reference, tokenizer, problems: list[Problem], *, temperature: float, max_new_tokens: int,
+             quality_coef: float, judge_temperature: float, seed: int) -> dict:
+    """The model's win-rate against the reference, judged by the simulated annotator (module docstring).
+    Both sample with the same seed, so a model judged against an identical copy scores exactly 0.5."""
+    kwargs = dict(temperature=temperature, max_new_tokens=max_new_tokens, quality_coef=quality_coef, seed=seed)
+    mine, theirs = sampled_gold(model, tokenizer, problems, **kwargs), sampled_gold(reference, tokenizer, problems, **kwargs)
+    wins = judge_win_probability(mine, theirs, judge_temperature)
+    stderr = wins.std().item() / math.sqrt(len(wins)) if len(wins) > 1 else 0.0
+    return {"win_rate": wins.mean().item(), "win_rate_stderr": stderr, "gold_reward": mine.mean().item(),
+            "reference_gold_reward": theirs.mean().item()}

@@ -45,9 +45,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nanorl.runtime import DataError, iter_jsonl
-from nanorl.engine import Generation, pack, positions_of
+from tqdm import tqdm
+
+from nanorl import runtime, verifier
+from nanorl.engine import Generation, generate, pack, positions_of
 from nanorl.gpt import GPT, GPTConfig
+from nanorl.runtime import DataError, RunError, iter_jsonl
+from nanorl.tasks import encode_prompts
 
 
 class ScalarModel(nn.Module):
@@ -190,3 +194,87 @@ def preference_pairs(gold: list[float], group_size: int, max_pairs: int, label_n
                 chosen, rejected = rejected, chosen
             pairs.append((chosen, rejected))
     return pairs
+
+
+# ----------------------------------------------------------------------------- sampling, scoring, calibration
+# `args` below is any object with the sampling flags of train_rm.py and rlp.py: max_new_tokens,
+# samples_per_prompt, sample_batch, temperature, quality_coef, pairs_per_prompt, batch_size.
+
+@torch.no_grad()
+def sample_responses(policy, tokenizer, problems, args, seed, device, dtype, desc):
+    """K samples per problem from the policy: [(prompt, response) token lists], their gold rewards, and stats."""
+    prompts = encode_prompts(tokenizer, [p.question for p in problems])
+    max_new = min(args.max_new_tokens, policy.config.block_size - max(len(p) for p in prompts))
+    if max_new < 1:
+        raise RunError(f"prompts of up to {max(map(len, prompts))} tokens leave no room in block_size "
+                       f"{policy.config.block_size}")
+    K, generator = args.samples_per_prompt, torch.Generator(device=device).manual_seed(seed)
+    responses, gold, correct, truncated = [], [], [], []
+    for i in tqdm(range(0, len(problems), args.sample_batch), desc=desc, leave=False, dynamic_ncols=True):
+        chunk = problems[i:i + args.sample_batch]
+        with runtime.autocast(device, dtype):
+            gen = generate(policy, prompts[i:i + len(chunk)], max_new, eos_id=tokenizer.eos_id,
+                           pad_id=tokenizer.pad_id, n_samples=K, temperature=args.temperature, generator=generator)
+        texts, rows = tokenizer.decode_batch(gen.responses()), gen.tokens.tolist()
+        lengths, ended = gen.mask.sum(1).tolist(), gen.ended.tolist()
+        hits = [verifier.is_correct(text, chunk[r // K].answer) for r, text in enumerate(texts)]
+        gold += [gold_reward(hits[r], lengths[r], ended[r], max_new, args.quality_coef) for r in range(len(rows))]
+        responses += [(prompts[i + r // K], rows[r][:lengths[r]]) for r in range(len(rows))]
+        correct += hits
+        truncated += [not e for e in ended]
+    stats = {"sample_accuracy": sum(correct) / len(correct), "truncated_share": sum(truncated) / len(truncated),
+             "max_new_tokens": max_new}
+    return responses, gold, stats
+
+
+def sample_pairs(policy, tokenizer, problems, args, label_noise, seed, device, dtype, desc):
+    """Preference pairs from the policy's samples, labelled by simulated annotators; and stats."""
+    responses, gold, stats = sample_responses(policy, tokenizer, problems, args, seed, device, dtype, desc)
+    labelled = preference_pairs(gold, args.samples_per_prompt, args.pairs_per_prompt, label_noise, random.Random(seed))
+    pairs = [Pair(responses[c][0], responses[c][1], responses[r][1], gold[c] - gold[r]) for c, r in labelled]
+    return pairs, stats
+
+
+@torch.no_grad()
+def score_responses(model, responses, tokenizer, args, device, dtype) -> torch.Tensor:
+    """(N,) scores of [(prompt, response) token lists], in batches of 2 * args.batch_size rows."""
+    scores = []
+    for i in range(0, len(responses), 2 * args.batch_size):
+        prompts, texts = zip(*responses[i:i + 2 * args.batch_size])
+        gen = pack(list(prompts), list(texts), eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, device=device)
+        with runtime.autocast(device, dtype):
+            scores.append(score(model, gen))
+    return torch.cat(scores)
+
+
+def evaluate_pairs(model, pairs, tokenizer, args, device, dtype):
+    """Accuracy (vs the stored labels) and the (r_chosen, r_rejected) scores of all pairs."""
+    responses = [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs]
+    rewards = score_responses(model, responses, tokenizer, args, device, dtype)
+    chosen, rejected = rewards[:len(pairs)], rewards[len(pairs):]
+    return (chosen > rejected).float().mean().item(), chosen, rejected
+
+
+@torch.no_grad()
+def normalise_head(head: torch.nn.Linear, scores: torch.Tensor) -> tuple[float, float]:
+    """Rescale `head` in place so that `scores` (its outputs on the calibration responses) get mean 0
+    and std 1; returns (gain, bias_shift), with new score = gain * old score + bias_shift."""
+    mean, std = scores.mean().item(), scores.std().item()
+    if not std > 0:
+        raise RunError(f"the {len(scores)} calibration responses all score {mean:.4g}: cannot normalise the "
+                       f"reward scale; raise --n-calib-prompts or --temperature (or add pairs to --prefs)")
+    gain, bias_shift = 1.0 / std, -mean / std
+    head.weight.mul_(gain)
+    head.bias.mul_(gain).add_(bias_shift)
+    return gain, bias_shift
+
+
+def normalise_scale(model, calibration, tokenizer, args, device, dtype) -> dict:
+    """Normalise the reward head on the calibration responses; the recorded gain, shift and scores."""
+    before = score_responses(model, calibration, tokenizer, args, device, dtype)
+    gain, bias_shift = normalise_head(model.head, before)
+    after = score_responses(model, calibration, tokenizer, args, device, dtype)  # measured, not assumed
+    return {"reward_gain": gain, "reward_bias_shift": bias_shift, "n_calib_responses": len(calibration),
+            "score_mean_before_normalisation": before.mean().item(),
+            "score_std_before_normalisation": before.std().item(),
+            "calib_score_mean": after.mean().item(), "calib_score_std": after.std().item()}

@@ -237,3 +237,8 @@ def read_gsm8k(path: str) -> list[Question]:
     if not questions:
         raise DataError(f"{path}: no questions (the file is empty)")
     return questions
+
+
+def encode_prompts(tokenizer, questions: list[str]) -> list[list[int]]:
+    """[BOS] + question + blank line: exactly how every pretraining document begins."""
+    return [[tokenizer.bos_id] + ids for ids in tokenizer.encode_batch([prompt_text(q) for q in questions])]

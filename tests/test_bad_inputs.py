@@ -1,6 +1,6 @@
 """Every top-level script against a table of bad inputs: each must stop with exit code 2 and ONE
 line starting with `error:`, print no traceback, and leave every run directory that existed
-before byte-for-byte unchanged. (rlp.py joins the table when it exists.)"""
+before byte-for-byte unchanged."""
 
 import json
 import os
@@ -9,6 +9,8 @@ import shutil
 import pytest
 
 from conftest import run_script, snapshot
+from nanorl import rundir, runtime
+from nanorl.reward import ScalarModel
 
 LONG_QUESTION = "Tom has 3 apples. " * 200  # ~1000 tokens: longer than the test model's 256 context
 
@@ -19,9 +21,13 @@ def world(tmp_path_factory, pretrained_run):
     root = tmp_path_factory.mktemp("world")
     pre = root / "pre"
     shutil.copytree(pretrained_run, pre)
-    for name in ("rm", "truncated", "no_tokenizer", "mismatch", "existing"):
+    for name in ("rm", "truncated", "no_tokenizer", "mismatch", "existing", "policy"):
         shutil.copytree(pre, root / name, ignore=shutil.ignore_patterns("data", "ckpt.pt"))
     edit_config(root / "rm", kind="rm")
+    edit_config(root / "policy", kind="policy")
+    shutil.copytree(root / "rm", root / "rm_no_pairs")  # a loadable reward model without train_rm's ckpt.pt
+    gpt, _, _ = rundir.load_policy(str(pre))
+    runtime.save_checkpoint(str(root / "rm_no_pairs" / "model.pt"), ScalarModel.from_gpt(gpt).state_dict())
     model = (root / "truncated" / "model.pt").read_bytes()
     (root / "truncated" / "model.pt").write_bytes(model[:len(model) // 2])
     (root / "no_tokenizer" / "tokenizer.json").unlink()
@@ -43,6 +49,7 @@ PPO = ["train_ppo.py", "--preset", "test", "--algo", "grpo"]
 RM = ["train_rm.py", "--preset", "test"]
 PRE = ["train_pretrain.py", "--preset", "test"]
 MDL = ["probe_mdl.py", "--preset", "smoke"]
+RLP = ["rlp.py", "--preset", "test"]
 CASES = {  # name: (argv with {world paths}; --out defaults to a new directory, what the error line must say)
     "ppo: --out is --init": (PPO + ["--init", "{pre}", "--out", "{pre}"], "overlaps the input run"),
     "ppo: --out inside --init": (PPO + ["--init", "{pre}", "--out", "{pre}/sub"], "overlaps the input run"),
@@ -88,6 +95,18 @@ CASES = {  # name: (argv with {world paths}; --out defaults to a new directory, 
     "mdl: --probe-n too small": (MDL + ["--probe-n", "5"], "--probe-n"),
     "mdl: --seeds 0": (MDL + ["--seeds", "0"], "--seeds"),
     "mdl: --resume without runs.jsonl": (MDL + ["--resume"], "runs.jsonl not found"),
+    "rlp: --init missing": (RLP + ["--init", "{root}/nowhere", "--rm", "{rm}", "--policy", "{policy}"],
+                            "no such run directory"),
+    "rlp: --policy is a pretraining run": (RLP + ["--init", "{pre}", "--rm", "{rm}", "--policy", "{pre}"],
+                                           "--policy needs the RL policy"),
+    "rlp: --rm is a pretrained model": (RLP + ["--init", "{pre}", "--rm", "{pre}", "--policy", "{policy}"],
+                                        "--rm needs a reward-model run"),
+    "rlp: --rm without its training pairs": (RLP + ["--init", "{pre}", "--rm", "{rm_no_pairs}", "--policy", "{policy}"],
+                                             "ckpt.pt (the RM's training pairs D) is missing"),
+    "rlp: --gamma above 1": (RLP + ["--init", "{pre}", "--rm", "{rm}", "--policy", "{policy}", "--gamma", "1.5"],
+                             "--gamma"),
+    "rlp: --samples-per-prompt 1": (RLP + ["--init", "{pre}", "--rm", "{rm}", "--policy", "{policy}",
+                                           "--samples-per-prompt", "1"], "--samples-per-prompt"),
 }
 
 

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import ROOT, run_script, snapshot
-from nanorl import evals, rundir, runtime, verifier
+from nanorl import rundir, runtime, tasks, verifier
 import train_ppo
 
 ALGOS = ["ppo", "grpo", "ei", "online_dpo", "dpo", "sft"]
@@ -185,7 +185,7 @@ def test_prompts_file_with_bom_and_crlf_loads_and_too_long_prompts_are_skipped(p
     out = tmp_path / "out"
     proc = run_script("train_ppo.py", "--init", str(pretrained_run), "--algo", "grpo", "--preset", "test",
                       "--max-steps", "1", "--prompts", str(prompts), "--out", str(out))
-    longest = len(evals.encode_prompts(tokenizer, [LONG_QUESTION])[0])
+    longest = len(tasks.encode_prompts(tokenizer, [LONG_QUESTION])[0])
     assert f"skipped 1 of 3 prompts longer than the {room} tokens --max-new-tokens 24 leaves (the longest has " \
            f"{longest})" in proc.stdout
     assert [m["step"] for m in read_metrics(out)] == [0, 1]
@@ -197,7 +197,7 @@ def test_no_prompt_that_fits_is_one_error_with_the_numbers(pretrained_run, tmp_p
     proc = run_script("train_ppo.py", "--init", str(pretrained_run), "--preset", "test", "--prompts", str(prompts),
                       "--out", str(tmp_path / "out"), check=False)
     model, tokenizer, _ = rundir.load_policy(str(pretrained_run))
-    shortest = len(evals.encode_prompts(tokenizer, [LONG_QUESTION])[0])
+    shortest = len(tasks.encode_prompts(tokenizer, [LONG_QUESTION])[0])
     assert proc.returncode == 2
     room = model.config.block_size - train_ppo.PRESETS["test"]["max_new_tokens"]
     assert proc.stderr == (f"error: --prompts {prompts}: none of its 2 prompts fits the context: the shortest is "

@@ -22,7 +22,8 @@ from nanorl.reward import ScalarModel, read_preferences
 from nanorl.runtime import RunError
 from nanorl.tasks import problem_set, split_of
 from nanorl.tokenizer import Tokenizer
-from train_rm import normalise_head, problem_slices, split_by_prompt
+from nanorl.reward import normalise_head
+from train_rm import problem_slices, split_by_prompt
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
