@@ -10,6 +10,7 @@ kl_coef=0.1"), or "algo=..." when there is one group. Two runs of one group with
 are an error: averaging a duplicate would shrink the std.
 
 Per run, from eval.json "after" (greedy unless named): pass@1, pass@k and maj@k (sampled),
+the win-rate against the initial policy and the gold reward (runs written before they existed: null),
 pass@1 by difficulty, greedy and sampled format shares, and the winner (largest greedy share,
 ties to the earlier format of verifier.FORMATS; "none" competes too: a collapse onto unparseable
 text must not pass as a win); "before" pass@1.
@@ -100,7 +101,8 @@ def run_values(run: dict, formats: list[str]) -> dict:
     before, after, rollouts = run["eval"]["before"], run["eval"]["after"], run["rollouts"]
     last = rollouts[-LAST_STEPS:]
     values = {"pass@1 before": before["pass@1"], "pass@1": after["pass@1"], "pass@k": after["pass@k"],
-              "maj@k": after["maj@k"]}
+              "maj@k": after["maj@k"], "win-rate vs initial": after.get("win_rate"),
+              "gold reward": after.get("gold_reward")}
     values.update({f"pass@1 difficulty {d}": v for d, v in after["pass@1_by_difficulty"].items()})
     values.update({f"greedy share {fmt}": after["format_share"].get(fmt, 0.0) for fmt in formats})
     values.update({f"sampled share {fmt}": after["sampled_format_share"].get(fmt, 0.0) for fmt in formats})

@@ -17,7 +17,7 @@ def shares(tinygsm=0.0, omi1=0.0, omi2=0.0):
 
 
 def make_run(root, name, *, seed, algo="grpo", kl_coef=0.0, pass1=0.9, greedy=None, collapse_step=None,
-             device="auto", rollouts=True):
+             device="auto", rollouts=True, win_rate=None):
     """A finished run: omi2 holds half of the samples until `collapse_step`, then none; omi1 always 0.1."""
     run = root / name
     run.mkdir()
@@ -28,6 +28,8 @@ def make_run(root, name, *, seed, algo="grpo", kl_coef=0.0, pass1=0.9, greedy=No
               "format_share": shares(0.4, 0.1, 0.5), "sampled_format_share": shares(0.3, 0.2, 0.5)}
     after = {**before, "pass@1": pass1, "pass@1_by_difficulty": {"1": 1.0, "2": pass1 - 0.2},
              "format_share": greedy or shares(1.0), "sampled_format_share": greedy or shares(1.0)}
+    if win_rate is not None:  # runs written before win-rates existed have none
+        after.update(win_rate=win_rate, gold_reward=win_rate + 0.1)
     (run / "eval.json").write_text(json.dumps({"before": before, "after": after}))
     records = [{"step": 0, "eval/pass@1": 0.5}]
     for step in range(1, STEPS + 1):
@@ -42,12 +44,15 @@ def make_run(root, name, *, seed, algo="grpo", kl_coef=0.0, pass1=0.9, greedy=No
 def compared(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     runs = {  # out and device differ between seeds too: neither is part of the experiment
-        "grpo_s2": make_run(root, "grpo_s2", seed=2, pass1=0.8, greedy=shares(0.6, 0.4), collapse_step=4),
+        "grpo_s2": make_run(root, "grpo_s2", seed=2, pass1=0.8, greedy=shares(0.6, 0.4), collapse_step=4,
+                            win_rate=0.7),
         "ppo_s1": make_run(root, "ppo_s1", seed=1, algo="ppo", pass1=0.6, collapse_step=6, device="cpu"),
-        "grpo_s1": make_run(root, "grpo_s1", seed=1, pass1=0.9, greedy=shares(0.9, 0.1), collapse_step=3),
+        "grpo_s1": make_run(root, "grpo_s1", seed=1, pass1=0.9, greedy=shares(0.9, 0.1), collapse_step=3,
+                            win_rate=0.6),
         "grpo_kl_s1": make_run(root, "grpo_kl_s1", seed=1, kl_coef=0.1, pass1=0.7, collapse_step=2),
         "ppo_s2": make_run(root, "ppo_s2", seed=2, algo="ppo", pass1=0.8, collapse_step=None),
-        "grpo_s3": make_run(root, "grpo_s3", seed=3, pass1=0.7, greedy=shares(0.3, 0.7), collapse_step=5),
+        "grpo_s3": make_run(root, "grpo_s3", seed=3, pass1=0.7, greedy=shares(0.3, 0.7), collapse_step=5,
+                            win_rate=0.8),
     }
     out = root / "compare"
     compare.main([*runs.values(), "--out", str(out)])
@@ -80,6 +85,8 @@ def test_mean_and_sample_std_over_seeds(compared):
     assert grpo["training share omi2 (last 10 steps)"]["std"] == pytest.approx(0.05)
     assert grpo["training share tinygsm (last 10 steps)"]["mean"] == pytest.approx(0.85)
     assert grpo["training time (s)"]["mean"] == pytest.approx(24.0)
+    assert grpo["win-rate vs initial"]["mean"] == pytest.approx(0.7) and grpo["gold reward"]["std"] == pytest.approx(0.1)
+    assert ppo["win-rate vs initial"]["n"] == 0 and ppo["win-rate vs initial"]["mean"] is None
     single = groups["algo=grpo kl_coef=0.1"]["metrics"]["pass@1"]
     assert (single["mean"], single["std"], single["n"]) == (0.7, None, 1)
 

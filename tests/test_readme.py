@@ -1,0 +1,29 @@
+"""The README's pipeline command: every top-level script, each with flags its parser accepts, in an
+order where every input run is an earlier step's --out."""
+
+import importlib
+import os
+import shlex
+
+from conftest import ROOT
+
+SCRIPTS = {"train_pretrain.py", "train_rm.py", "train_ppo.py", "rlp.py", "probe_mdl.py"}
+
+
+def pipeline_steps() -> list[list[str]]:
+    text = open(os.path.join(ROOT, "README.md")).read()
+    block = text.split("<!-- pipeline command -->")[1].split("```bash")[1].split("```")[0]
+    return [shlex.split(step)[1:] for step in block.split("&&") if step.strip().startswith("python ")]
+
+
+def test_pipeline_runs_every_script_with_valid_flags_in_order():
+    steps = pipeline_steps()
+    assert {script for script, *_ in steps} == SCRIPTS
+    written = set()
+    for script, *argv in steps:
+        args = importlib.import_module(script[:-len(".py")]).parse_args(argv)  # a bad flag exits
+        for flag in ("init", "rm", "policy"):
+            given = getattr(args, flag, None)
+            if given is not None and f"--{flag}" in argv:
+                assert given in written, f"{script} --{flag} {given} is not written by an earlier step"
+        written.add(args.out)
