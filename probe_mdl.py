@@ -78,9 +78,7 @@ def parse_args(argv=None):
     p.add_argument("--resume", action="store_true", help="continue --out, skipping the probes and runs it holds")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it already holds a run")
     args = p.parse_args(argv)
-    for key, value in PRESETS[args.preset].items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    runtime.apply_preset(args, PRESETS)
     args.targets = parse_targets(args.targets)
     args.evidence = parse_evidence(args.evidence)
     if args.probe_n < 20:

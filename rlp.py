@@ -77,9 +77,7 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default="auto", help="auto | fp32 | bf16 | fp16")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it already holds a run")
     args = p.parse_args(argv)
-    for key, value in PRESETS[args.preset].items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    runtime.apply_preset(args, PRESETS)
     if args.gamma > 1:
         raise RunError(f"--gamma {args.gamma}: a confidence is at most 1")
     if args.samples_per_prompt < 2:

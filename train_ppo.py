@@ -114,9 +114,7 @@ def parse_args(argv=None):
     p.add_argument("--overwrite", action="store_true", help="replace --out if it already holds a run")
     p.add_argument("--stop-after", type=positive_int, default=None, help="save a checkpoint and exit after this step")
     args = p.parse_args(argv)
-    for key, value in PRESETS[args.preset].items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    runtime.apply_preset(args, PRESETS)
     if args.kl_coef is None:
         args.kl_coef = RM_KL_COEF if args.reward == "rm" else 0.0
     if args.reward == "rm" and not args.rm:

@@ -111,9 +111,7 @@ def parse_args(argv=None):
     p.add_argument("--stop-after", type=positive_int, default=None,
                    help="save a checkpoint and exit after this step, as Ctrl-C would (for time-sliced jobs)")
     args = p.parse_args(argv)
-    for key, value in PRESETS[args.preset].items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    runtime.apply_preset(args, PRESETS)
     if not 0.0 <= args.label_noise <= 1.0:
         raise RunError(f"--label-noise must be in [0, 1], got {args.label_noise}")
     if args.prefs and args.shift_init:

@@ -78,6 +78,13 @@ class CtrlC:
 
 # ----------------------------------------------------------------------------- inputs
 
+def apply_preset(args, presets: dict):
+    """Fill every flag left at None with the value of the chosen --preset (explicit flags win)."""
+    for key, value in presets[args.preset].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+
+
 def _flag_value(text: str, kind, is_valid, what: str):
     value = kind(text)  # a ValueError here is reported by argparse as "invalid <helper> value"
     if not is_valid(value):
