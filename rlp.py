@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from nanorl import evals, rlp, rundir, runtime, verifier
-from nanorl.reward import (Pair, bradley_terry_loss, evaluate_pairs, normalise_scale, pairs_to_generation,
+from nanorl.reward import (GOLD_KINDS, Pair, bradley_terry_loss, evaluate_pairs, normalise_scale, pairs_to_generation,
                            sample_pairs, sample_responses, score, score_responses)
 from nanorl.runtime import RunError, non_negative_float, positive_float, positive_int, print0
 from nanorl.tasks import problem_set
@@ -67,6 +67,7 @@ def parse_args(argv=None):
     p.add_argument("--max-new-tokens", type=positive_int, help="longest sampled response")
     p.add_argument("--temperature", type=positive_float, default=1.0, help="sampling temperature")
     p.add_argument("--quality-coef", type=non_negative_float, default=0.1, help="gold reward's shortness weight")
+    p.add_argument("--gold", default="answer", choices=GOLD_KINDS, help="gold reward of the simulated annotators")
     p.add_argument("--judge-temperature", type=non_negative_float, default=0.1, help="win-rate annotator (see train_ppo.py)")
     p.add_argument("--epochs", type=positive_int, help="passes over D + synthetic pairs")
     p.add_argument("--batch-size", type=positive_int, help="pairs (and view pairs) per step")

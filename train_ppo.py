@@ -36,9 +36,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from nanorl import algos, evals, rl, rundir, runtime, tasks, verifier
+from nanorl import algos, evals, rl, rundir, runtime, tasks
 from nanorl.engine import pack
-from nanorl.reward import Pair, read_preferences, score, value_model
+from nanorl.reward import GOLD_KINDS, Pair, read_preferences, reference_pairs, score, value_model
 from nanorl.runtime import RunError, non_negative_float, positive_float, positive_int, print0
 
 ALGOS = ("ppo", "grpo", "ei", "dpo", "online_dpo", "sft")
@@ -94,6 +94,8 @@ def parse_args(argv=None):
     p.add_argument("--ei-restart", action="store_true", help="EI: restart each round from the base model, SFT on all kept samples")
     p.add_argument("--prefs", help="dpo / sft: local preference JSONL (prompt, chosen, rejected) instead of "
                    "pairs sampled from the initial policy")
+    p.add_argument("--sft-format", choices=tuple(tasks.RENDERERS),
+                   help="sft: learn the world's reference solutions in this format (instead of --prefs or samples)")
     p.add_argument("--dpo-beta", type=positive_float, default=0.1, help="DPO beta")
     p.add_argument("--dpo-kind", default="sigmoid", choices=("sigmoid", "ipo"), help="DPO loss")
     p.add_argument("--n-train-prompts", type=positive_int, help="size of the synthetic training-prompt pool")
@@ -103,6 +105,7 @@ def parse_args(argv=None):
     p.add_argument("--judge-temperature", type=non_negative_float, default=0.1,
                    help="win-rate's simulated annotator: P(a beats b) = sigmoid((gold_a - gold_b) / T); 0: the "
                         "higher gold reward always wins (ties split)")
+    p.add_argument("--gold", default="answer", choices=GOLD_KINDS, help="gold reward of the win-rate judge")
     p.add_argument("--quality-coef", type=non_negative_float, default=0.1,
                    help="gold reward = 1[correct] + this * (1 - length / max_new_tokens), as in train_rm.py")
     p.add_argument("--max-new-tokens", type=positive_int, help="longest response")
@@ -123,7 +126,10 @@ def parse_args(argv=None):
         p.error("--rm is read only with --reward rm; add --reward rm, or drop --rm")
     if args.prefs and args.algo not in ("dpo", "sft"):
         p.error(f"--prefs is read only by --algo dpo and sft, not {args.algo}")
-    if args.samples < 2 and (args.algo in ("grpo", "online_dpo") or args.algo in ("dpo", "sft") and not args.prefs):
+    if args.sft_format and (args.algo != "sft" or args.prefs):
+        p.error("--sft-format is the data of --algo sft, without --prefs")
+    offline_data = args.prefs or args.sft_format
+    if args.samples < 2 and (args.algo in ("grpo", "online_dpo") or args.algo in ("dpo", "sft") and not offline_data):
         p.error(f"--samples {args.samples}: --algo {args.algo} compares the responses to each prompt (GRPO's group "
                 f"advantages, preference pairs), so it needs --samples 2 or more")
     if args.min_difficulty > args.max_difficulty:
@@ -173,32 +179,26 @@ def training_prompts(args, tokenizer, room: int, info) -> list:
     return kept
 
 
+def reference_data(args, pool, tokenizer, block_size: int, info) -> list[Pair]:
+    """--sft-format: the reference solutions of the training problems that fit the context with their prompt."""
+    pairs = reference_pairs(pool, args.sft_format, tokenizer)
+    kept = [p for p in pairs if len(p.prompt) + len(p.chosen) <= block_size]
+    if not kept:
+        raise RunError(f"--sft-format {args.sft_format}: no reference solution fits the {block_size}-token context "
+                       f"with its prompt; use a model with a longer context")
+    if len(kept) < len(pairs):
+        print0(f"--sft-format {args.sft_format}: skipped {len(pairs) - len(kept)} of {len(pairs)} reference solutions "
+               f"longer than the {block_size}-token context leaves", info=info)
+    return kept
+
+
 def step_problems(pool, step, args, info):
-    """This rank's share of the step's prompts, from a seeded pass over the pool."""
+    """This rank's share of the step's prompts (or offline pairs), from a seeded pass over the pool."""
     per_epoch = max(1, len(pool) // args.prompts_per_step)
     epoch, offset = divmod(step, per_epoch)
     order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(args.seed + epoch)).tolist()
     ids = order[offset * args.prompts_per_step:(offset + 1) * args.prompts_per_step][info.rank::info.world_size]
     return ids, [pool[i] for i in ids]
-
-
-def rollout_stats(batch: algos.Rollout, info) -> dict:
-    """Reward, length, and format share / accuracy of this step's samples (all ranks)."""
-    counts = torch.tensor([[sum(f == fmt for f in batch.formats),
-                            sum(float(c) for f, c in zip(batch.formats, batch.correct) if f == fmt)]
-                           for fmt in (*verifier.FORMATS, verifier.NO_FORMAT)])
-    sums = torch.tensor([batch.scores.sum().item(), (batch.scores ** 2).sum().item(), batch.correct.sum().item(),
-                         batch.gen.mask.sum().item(), len(batch.scores)])
-    counts, sums = runtime.all_reduce_sum(counts, info), runtime.all_reduce_sum(sums, info)
-    n = sums[4].item()
-    mean = sums[0].item() / n
-    out = {"reward_mean": mean, "reward_std": max(sums[1].item() / n - mean ** 2, 0.0) ** 0.5,
-           "train_acc": sums[2].item() / n, "response_len": sums[3].item() / n}
-    for fmt, (count, right) in zip((*verifier.FORMATS, verifier.NO_FORMAT), counts.tolist()):
-        out[f"share/{fmt}"] = count / n
-        if count:
-            out[f"acc/{fmt}"] = right / count
-    return out
 
 
 def evaluate(policy, tokenizer, problems, args, device, dtype) -> dict:
@@ -214,6 +214,7 @@ def judged(trainer, args, device, dtype) -> dict:
         result.update(evals.win_rate(trainer.policy, trainer.ref, trainer.tokenizer, trainer.eval_problems,
                                      temperature=args.temperature, max_new_tokens=args.max_new_tokens,
                                      quality_coef=args.quality_coef, judge_temperature=args.judge_temperature,
+                                     gold_kind=args.gold,
                                      seed=args.seed + 7))
     return result
 
@@ -283,7 +284,9 @@ class Trainer:
                                                difficulties=range(1, args.eval_max_difficulty + 1))
         room = prompt_room(args, self.policy, self.tokenizer, self.eval_problems)
         self.pool = training_prompts(args, self.tokenizer, room, info)
-        self.pairs = read_preferences(args.prefs, self.tokenizer, self.policy.config.block_size) if args.prefs else None
+        self.pairs = (read_preferences(args.prefs, self.tokenizer, self.policy.config.block_size) if args.prefs else
+                      reference_data(args, self.pool, self.tokenizer, self.policy.config.block_size, info)
+                      if args.sft_format else None)
         self.base_state = copy.deepcopy(self.policy.state_dict())  # EI --ei-restart goes back to it
         self.train_policy = DDP(self.policy) if info.enabled else self.policy
         self.train_value = DDP(self.value) if info.enabled and self.value is not None else self.value
@@ -339,8 +342,7 @@ class Trainer:
     def offline_step(self, step: int) -> dict:
         if self.pairs is None:
             self.pairs = sampled_pairs(self.policy, self.tokenizer, self.pool, self.args, self.sampler, self.reward_fn)
-        n = self.args.prompts_per_step
-        rows = [self.pairs[(step * n + i) % len(self.pairs)] for i in range(n)]
+        _, rows = step_problems(self.pairs, step, self.args, self.info)  # a seeded pass over the pairs
         chosen = packed([(p.prompt, p.chosen) for p in rows], self.tokenizer, self.device)
         if self.args.algo == "sft":
             return {**algos.sft_step(self.train_policy, self.optimizer, chosen, self.cfg), "n_pairs": len(self.pairs)}
@@ -370,43 +372,11 @@ class Trainer:
         return ckpt["step"]
 
 
-def eval_record(result: dict) -> dict:
-    """The held-out metrics that go into a metrics.jsonl line."""
-    record = {"eval/pass@1": result["pass@1"], "eval/pass@k": result["pass@k"], "eval/maj@k": result["maj@k"]}
-    record.update({f"eval/share/{f}": v for f, v in result["sampled_format_share"].items()})
-    record.update({f"eval/pass@1_d{d}": v for d, v in result["pass@1_by_difficulty"].items()})
-    return record
-
-
-def write_plots(args, metrics: list[dict], before: dict, after: dict):
-    out, formats = args.out, (*verifier.FORMATS, verifier.NO_FORMAT)
-    rollout_steps = [m for m in metrics if "share/tinygsm" in m]
-    if rollout_steps:  # format share of the training samples at every step
-        xs, source = [m["step"] for m in rollout_steps], "share/"
-    else:  # offline algorithms sample nothing while training: use the held-out samples
-        rollout_steps = [m for m in metrics if "eval/share/tinygsm" in m]
-        xs, source = [m["step"] for m in rollout_steps], "eval/share/"
-    runtime.plot_stacked(os.path.join(out, "format_share.png"), xs,
-                         {f: [m.get(source + f, 0.0) for m in rollout_steps] for f in formats},
-                         f"Solution format of samples during {args.algo.upper()}", "step", "share of samples")
-    evals_at = [m for m in metrics if "eval/pass@1" in m]
-    runtime.plot_lines(os.path.join(out, "pass_at_k.png"),
-                       {"pass@1 (greedy)": ([m["step"] for m in evals_at], [m["eval/pass@1"] for m in evals_at]),
-                        f"pass@{args.eval_samples} (T={args.temperature})":
-                            ([m["step"] for m in evals_at], [m["eval/pass@k"] for m in evals_at]),
-                        f"maj@{args.eval_samples}": ([m["step"] for m in evals_at], [m["eval/maj@k"] for m in evals_at])},
-                       f"Held-out accuracy during {args.algo.upper()}", "step", "fraction of problems")
-    runtime.plot_bars(os.path.join(out, "pass_at_1_by_difficulty.png"),
-                      {"before": before["pass@1_by_difficulty"], "after": after["pass@1_by_difficulty"]},
-                      f"Greedy pass@1 by difficulty (trained on {args.min_difficulty}-{args.max_difficulty} steps)",
-                      "pass@1")
-
-
 def finish(args, trainer, before: dict, device, dtype):
     """The held-out evaluation after training, eval.json, the plots and the before/after lines."""
     after = judged(trainer, args, device, dtype)
     runtime.write_json(os.path.join(args.out, "eval.json"), {"before": before, "after": after})
-    write_plots(args, [record for _, record in runtime.iter_jsonl(os.path.join(args.out, "metrics.jsonl"))],
+    evals.write_plots(args, [record for _, record in runtime.iter_jsonl(os.path.join(args.out, "metrics.jsonl"))],
                 before, after)
     for name, result in (("before", before), ("after", after)):
         print0(f"{name:>6}: " + runtime.format_line({"pass@1": result["pass@1"], f"pass@{result['k']}": result["pass@k"],
@@ -437,7 +407,7 @@ def start_run(args, trainer, info, device, dtype):
         print0(f"evaluating the initial policy on {len(trainer.eval_problems)} held-out problems ...")
         before = judged(trainer, args, device, dtype)
         runtime.write_json(os.path.join(args.out, "eval_before.json"), before)
-        log.write({"step": 0, **eval_record(before)})
+        log.write({"step": 0, **evals.eval_record(before)})
     runtime.barrier(info)
     return 0, before, log
 
@@ -463,7 +433,7 @@ def main(argv=None):
         for step in bar:
             t0 = time.perf_counter()
             stats, batch = trainer.step(step)
-            record = {"step": step + 1, **(rollout_stats(batch, info) if batch is not None else {}), **stats,
+            record = {"step": step + 1, **(evals.rollout_stats(batch, info) if batch is not None else {}), **stats,
                       "time": time.perf_counter() - t0}
             if (step + 1) % args.eval_every == 0 or step + 1 == args.max_steps:
                 if batch is not None and "kl_ref" not in record:  # beta = 0 skips it in the update
@@ -471,7 +441,7 @@ def main(argv=None):
                         kl = {"kl_ref": algos.kl_to_reference(trainer.ref, batch)}
                     record.update(algos.rank_mean(kl, info.world_size, trainer.all_reduce))
                 if info.is_main:
-                    record.update(eval_record(evaluate(trainer.policy, trainer.tokenizer, trainer.eval_problems,
+                    record.update(evals.eval_record(evaluate(trainer.policy, trainer.tokenizer, trainer.eval_problems,
                                                        args, device, dtype)))
                 runtime.barrier(info)
             log.write(record)

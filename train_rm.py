@@ -33,7 +33,9 @@ r' = gain * r + bias_shift with gain > 0, so pair accuracies are unchanged; all 
 and margins (mean_eval_margin, eval_score_*) are in normalised units.
 
 Writes to --out (a run directory of kind "rm", see nanorl/rundir.py): model.pt (normalised),
-config.json (kind, init, init_kind), tokenizer.json, metrics.jsonl, rm_accuracy.png, eval.json
+config.json (kind, init, init_kind), tokenizer.json, metrics.jsonl, rm_accuracy.png, prefs.jsonl and
+prefs_held_out.jsonl (the training and held-out pairs as texts: `train_ppo.py --algo dpo --prefs`
+then learns offline from exactly the preferences this reward model saw), eval.json
 (with reward_gain, reward_bias_shift and the calibration scores' mean and std before and after
 normalisation), and ckpt.pt: the model before normalisation, the optimizer, the step, and the
 pairs, held-out pairs, calibration responses and batch order drawn at the start. Ctrl-C (after
@@ -54,11 +56,12 @@ import torch
 from tqdm import tqdm
 
 from nanorl import rundir, runtime
-from nanorl.reward import (Pair, ScalarModel, bradley_terry_loss, evaluate_pairs, normalise_scale,
-                           pairs_to_generation, read_preferences, sample_pairs, sample_responses, score)
+from nanorl.reward import (GOLD_KINDS, Pair, ScalarModel, bradley_terry_loss, evaluate_pairs, normalise_scale,
+                           pairs_to_generation, read_preferences, sample_pairs, sample_responses, score,
+                           write_preferences)
 from nanorl.runtime import (RunError, non_negative_float, non_negative_int, positive_float, positive_int,
                             print0)
-from nanorl.tasks import problem_set
+from nanorl.tasks import MAX_DIFFICULTY, problem_set
 
 PRESETS = {
     # about 3 minutes on a 2-core CPU, sampling included (one epoch: a second one overfits)
@@ -74,6 +77,7 @@ RESUME_MAY_CHANGE = {"out", "resume", "overwrite", "stop_after", "log_every", "d
 
 def parse_args(argv=None):
     p = runtime.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    steps = range(1, MAX_DIFFICULTY + 1)
     p.add_argument("--preset", default="tiny", choices=PRESETS, help="named size; other flags override it")
     p.add_argument("--init", default="runs/pretrain", help="pretrained run directory: backbone and sampling policy")
     p.add_argument("--out", default="runs/rm", help="run directory to write")
@@ -92,6 +96,10 @@ def parse_args(argv=None):
     p.add_argument("--max-new-tokens", type=positive_int, help="longest sampled response (capped by the context)")
     p.add_argument("--sample-batch", type=positive_int, help="problems per sampling call")
     p.add_argument("--quality-coef", type=non_negative_float, default=0.1, help="weight of the shortness term in gold rewards")
+    p.add_argument("--gold", default="answer", choices=GOLD_KINDS, help="simulated annotators' gold reward: the answer, "
+                   "or the answer in a per-question target format (nanorl/reward.py)")
+    p.add_argument("--min-difficulty", type=int, choices=steps, default=1, help="easiest problems sampled (steps)")
+    p.add_argument("--max-difficulty", type=int, choices=steps, default=MAX_DIFFICULTY, help="hardest problems sampled")
     p.add_argument("--label-noise", type=non_negative_float, default=0.0, help="probability of flipping each training label")
     p.add_argument("--epochs", type=positive_int, help="passes over the training pairs")
     p.add_argument("--batch-size", type=positive_int, help="pairs per optimizer step")
@@ -112,6 +120,8 @@ def parse_args(argv=None):
                    help="save a checkpoint and exit after this step, as Ctrl-C would (for time-sliced jobs)")
     args = p.parse_args(argv)
     runtime.apply_preset(args, PRESETS)
+    if args.min_difficulty > args.max_difficulty:
+        p.error("--min-difficulty is larger than --max-difficulty")
     if not 0.0 <= args.label_noise <= 1.0:
         raise RunError(f"--label-noise must be in [0, 1], got {args.label_noise}")
     if args.prefs and args.shift_init:
@@ -153,9 +163,10 @@ def problem_slices(args):
     """(training, calibration, held-out) problems. Calibration takes the training-split problems
     right after the training ones (problem_set of a larger n extends the smaller one), never
     test problems: held-out pairs and train_ppo.py's evaluation are drawn from those."""
-    problems = problem_set("train", args.n_prompts + args.n_calib_prompts, seed=args.seed)
+    difficulties = range(args.min_difficulty, args.max_difficulty + 1)
+    problems = problem_set("train", args.n_prompts + args.n_calib_prompts, args.seed, difficulties)
     return (problems[:args.n_prompts], problems[args.n_prompts:],
-            problem_set("test", args.n_eval_prompts, seed=args.seed))
+            problem_set("test", args.n_eval_prompts, args.seed, difficulties))
 
 
 def no_pairs_error(what: str) -> RunError:
@@ -242,6 +253,8 @@ def start_run(args, policy, prefs, tokenizer, config, device, dtype) -> Run:
     accuracy_at_init = evaluate_pairs(model, data.held_out, tokenizer, args, device, dtype)[0]
     run = Run(model, make_optimizer(model, args), data, orders, accuracy_at_init, config)
     rundir.write_config(args.out, config, "rm")
+    write_preferences(os.path.join(args.out, "prefs.jsonl"), data.pairs, tokenizer)  # offline DPO's data
+    write_preferences(os.path.join(args.out, "prefs_held_out.jsonl"), data.held_out, tokenizer)
     run.save(args.out)  # from here on a stopped run resumes without sampling again
     return run
 

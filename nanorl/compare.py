@@ -2,7 +2,10 @@
 
     python -m nanorl.compare runs/grpo_s1 runs/grpo_s2 runs/grpo_s3 runs/ppo_s1 runs/ppo_s2 --out runs/compare
 
-Grouping: runs whose config.json "args" are equal once the flags in NOT_EXPERIMENT are dropped
+    python -m nanorl.compare dpo=runs/dpo_s1,runs/dpo_s2 ppo=runs/ppo_s1,runs/ppo_s2 --out runs/compare
+
+Grouping: groups given as NAME=RUN[,RUN...] are taken as they are. Otherwise, runs whose
+config.json "args" are equal once the flags in NOT_EXPERIMENT are dropped
 (seed, and flags that say where or how a run was executed, not what was run) are seeds of one
 experiment and form a group ("args" holds --init, so the starting model is part of the key). A
 group is named by the flags that differ between groups, in argparse order ("algo=grpo
@@ -23,7 +26,8 @@ Per group: each metric's per-seed values, their mean and sample std (ddof=1; nul
 two values), computed over the values that exist (the table then says "(2/3)"); wins per format.
 Formats that no run ever produced (all shares zero or absent) are left out everywhere.
 
-Writes DIR/summary.json, DIR/summary.md (also printed) and, per group, DIR/<group>_format_share.png
+Writes DIR/summary.json, DIR/summary.md (also printed), DIR/win_rate.png (win-rate vs initial and
+pass@1, mean ± std per group) and, per group, DIR/<group>_format_share.png
 (characters other than letters, digits and ._=- become _): the training-sample share of each
 format over steps, mean over seeds with a min-max band (min-max rather than ± std: with 2-3
 seeds it shows every seed's curve inside it).
@@ -39,11 +43,20 @@ from collections import Counter
 from nanorl import rundir, runtime, verifier
 from nanorl.runtime import RunError
 
-# micro_batch and ckpt_every change memory and bookkeeping, not results (see train_ppo.py --help)
-NOT_EXPERIMENT = ("seed", "out", "resume", "stop_after", "device", "micro_batch", "ckpt_every")
+# micro_batch, ckpt_every and eval_every change memory and bookkeeping, not results (see train_ppo.py --help)
+NOT_EXPERIMENT = ("seed", "out", "resume", "overwrite", "stop_after", "device", "micro_batch", "ckpt_every",
+                  "eval_every")
 ALL_FORMATS = (*verifier.FORMATS, verifier.NO_FORMAT)
 COLLAPSE_FORMAT, COLLAPSE_BELOW = "omi2", 0.05  # the inaccurate format whose exit is the Echo Chamber's first sign
 LAST_STEPS = 10
+
+
+def parse_group(text: str) -> tuple[str, list[str]]:
+    """argparse type of NAME=RUN[,RUN...]: a named group of run directories (seeds)."""
+    name, sep, paths = text.partition("=")
+    if not sep or not name or not paths or "" in paths.split(","):
+        raise argparse.ArgumentTypeError(f"expected NAME=RUN[,RUN...], got {text!r}")
+    return name, paths.split(",")
 
 
 def read_metrics(path: str) -> list[dict]:
@@ -72,13 +85,19 @@ def group_runs(runs: list[dict]) -> list[list[dict]]:
     groups = {}
     for run in runs:
         groups.setdefault(json.dumps(experiment(run["args"]), sort_keys=True), []).append(run)
+    check_seeds(groups.values())
     for members in groups.values():
+        members.sort(key=lambda r: r["args"]["seed"])
+    return list(groups.values())
+
+
+def check_seeds(groups):
+    """Averaging a duplicate would shrink the std: a seed appears at most once per group."""
+    for members in groups:
         seeds = Counter(r["args"]["seed"] for r in members)
         if max(seeds.values()) > 1:
             dirs = [r["dir"] for r in members if seeds[r["args"]["seed"]] > 1]
             raise RunError(f"{', '.join(dirs)} are the same experiment with the same seed; pass only one of them")
-        members.sort(key=lambda r: r["args"]["seed"])
-    return list(groups.values())
 
 
 def group_names(groups: list[list[dict]]) -> list[str]:
@@ -148,6 +167,14 @@ def plot_format_share(path: str, group: dict, runs: list[dict], formats: list[st
     runtime.plot_bands(path, series, title, "step", "share of samples", ylim=(0, 1))
 
 
+def plot_outcomes(path: str, groups: list[dict]):
+    """Bars of win-rate vs initial and pass@1 per group, mean and std over its seeds."""
+    metrics = [m for m in ("win-rate vs initial", "pass@1") if any(g["metrics"][m]["mean"] is not None for g in groups)]
+    means = {m: {g["name"]: g["metrics"][m]["mean"] or 0.0 for g in groups} for m in metrics}
+    stds = {m: {g["name"]: g["metrics"][m]["std"] or 0.0 for g in groups} for m in metrics}
+    runtime.plot_bars(path, means, "Outcome by group (mean ± std over seeds)", "value", errors=stds)
+
+
 def cell(stat: dict | None) -> str:
     if stat is None or stat["mean"] is None:
         return "-"
@@ -168,25 +195,41 @@ def markdown(groups: list[dict]) -> str:
 
 def main(argv=None):
     p = runtime.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", help="train_ppo.py run directories (finished: with eval.json)")
+    p.add_argument("runs", nargs="+", help="train_ppo.py run directories (finished: with eval.json), grouped by "
+                   "their flags; or NAME=RUN[,RUN...] groups named by you")
     p.add_argument("--out", default="runs/compare", help="directory for summary.json, summary.md and the plots")
     args = p.parse_args(argv)
-    runs = [read_run(path) for path in args.runs]
-    if any(os.path.abspath(args.out) == os.path.abspath(path) for path in args.runs):
+    named = None
+    if any("=" in item for item in args.runs):
+        try:
+            named = [parse_group(item) for item in args.runs]
+        except argparse.ArgumentTypeError as err:
+            p.error(f"{err} (give every group as NAME=RUN[,RUN...], or only run directories)")
+    paths = [path for _, group in named for path in group] if named else args.runs
+    runs = [read_run(path) for path in paths]
+    if any(os.path.abspath(args.out) == os.path.abspath(path) for path in paths):
         raise RunError(f"--out {args.out} is one of the runs compared; pick a new directory")
     os.makedirs(args.out, exist_ok=True)
-    formats, grouped = formats_seen(runs), group_runs(runs)
-    groups = [summarize(name, members, formats) for name, members in zip(group_names(grouped), grouped)]
+    formats = formats_seen(runs)
+    if named:
+        by_dir = {run["dir"]: run for run in runs}
+        grouped, names = [[by_dir[path] for path in group] for _, group in named], [name for name, _ in named]
+        check_seeds(grouped)
+    else:
+        grouped = group_runs(runs)
+        names = group_names(grouped)
+    groups = [summarize(name, members, formats) for name, members in zip(names, grouped)]
     for group, members in zip(groups, grouped):
         if group["plot"]:
             plot_format_share(os.path.join(args.out, group["plot"]), group, members, formats)
+    plot_outcomes(os.path.join(args.out, "win_rate.png"), groups)
     table = markdown(groups)
     runtime.write_json(os.path.join(args.out, "summary.json"),
                        {"formats": formats, "band": "min-max", "groups": groups})
     with open(os.path.join(args.out, "summary.md"), "w") as f:
         f.write(table + "\n" + "".join(f"![{g['name']}]({g['plot']})\n" for g in groups if g["plot"]))
     print(table)
-    print(f"wrote {args.out}/ (summary.json, summary.md, *_format_share.png)")
+    print(f"wrote {args.out}/ (summary.json, summary.md, win_rate.png, *_format_share.png)")
 
 
 if __name__ == "__main__":

@@ -198,6 +198,14 @@ def pack(prompts: list[list[int]], responses: list[list[int]], *, eos_id: int, p
     return Generation(prompt, prompt_mask, tokens, torch.zeros(tokens.shape, device=device), mask, ended)
 
 
+def response_logits(model: GPT, gen: Generation) -> torch.Tensor:
+    """(N, max_new, vocab) logits that predict each response token, from one full forward pass."""
+    seq = torch.cat([gen.prompt, gen.tokens], 1)
+    seq_mask = torch.cat([gen.prompt_mask, gen.mask], 1)
+    # logits only where they predict response tokens; through forward() so DDP's hooks run
+    return model(seq, positions=positions_of(seq_mask), valid=seq_mask, logits_from=gen.prompt.size(1) - 1)[:, :-1]
+
+
 def sequence_logprobs(model: GPT, gen: Generation, temperature: float = 1.0, top_k: int = 0,
                       top_p: float = 1.0, with_entropy: bool = False):
     """Log-probabilities (N, max_new) of `gen.tokens` under `model`, from one full forward pass.
@@ -206,11 +214,7 @@ def sequence_logprobs(model: GPT, gen: Generation, temperature: float = 1.0, top
     reproduces `gen.logprobs` (what PPO's ratio needs). Off-mask entries are 0. Differentiable.
     with_entropy=True also returns the per-token entropy of that distribution (0 off the mask).
     """
-    seq = torch.cat([gen.prompt, gen.tokens], 1)
-    seq_mask = torch.cat([gen.prompt_mask, gen.mask], 1)
-    P = gen.prompt.size(1)
-    # logits only where they predict response tokens; through forward() so DDP's hooks run
-    logits = model(seq, positions=positions_of(seq_mask), valid=seq_mask, logits_from=P - 1)[:, :-1]
+    logits = response_logits(model, gen)
     if temperature == 0:
         logprobs = F.log_softmax(logits.float(), dim=-1)
     else:

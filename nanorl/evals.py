@@ -24,11 +24,12 @@ after the question decides it), so format shares are reported both greedy and sa
 """
 
 import math
+import os
 from collections import Counter, defaultdict
 
 import torch
 
-from nanorl import verifier
+from nanorl import runtime, verifier
 from nanorl.engine import generate
 from nanorl.reward import gold_reward
 from nanorl.tasks import Problem, encode_prompts
@@ -124,7 +125,7 @@ def judge_win_probability(gold_a: torch.Tensor, gold_b: torch.Tensor, temperatur
 
 @torch.no_grad()
 def sampled_gold(model, tokenizer, problems: list[Problem], *, temperature: float, max_new_tokens: int,
-                 quality_coef: float, seed: int, batch_size: int = 64) -> torch.Tensor:
+                 quality_coef: float, seed: int, gold_kind: str = "answer", batch_size: int = 64) -> torch.Tensor:
     """(n,) gold rewards of one sampled response per problem (a seeded generator: same seed, same draws)."""
     prompts = encode_prompts(tokenizer, [p.question for p in problems])
     generator = torch.Generator(device=model.rope_cos.device).manual_seed(seed)
@@ -135,18 +136,72 @@ def sampled_gold(model, tokenizer, problems: list[Problem], *, temperature: floa
         texts = tokenizer.decode_batch(gen.responses())
         for problem, text, length, ended in zip(problems[i:i + batch_size], texts, gen.mask.sum(1).tolist(),
                                                 gen.ended.tolist()):
-            gold.append(gold_reward(verifier.is_correct(text, problem.answer), length, ended, max_new_tokens,
-                                    quality_coef))
+            gold.append(gold_reward(text, problem, length, ended, max_new_tokens, quality_coef, gold_kind))
     return torch.tensor(gold)
 
 
 def win_rate(model, reference, tokenizer, problems: list[Problem], *, temperature: float, max_new_tokens: int,
-             quality_coef: float, judge_temperature: float, seed: int) -> dict:
+             quality_coef: float, judge_temperature: float, seed: int, gold_kind: str = "answer") -> dict:
     """The model's win-rate against the reference, judged by the simulated annotator (module docstring).
     Both sample with the same seed, so a model judged against an identical copy scores exactly 0.5."""
-    kwargs = dict(temperature=temperature, max_new_tokens=max_new_tokens, quality_coef=quality_coef, seed=seed)
+    kwargs = dict(temperature=temperature, max_new_tokens=max_new_tokens, quality_coef=quality_coef, seed=seed,
+                  gold_kind=gold_kind)
     mine, theirs = sampled_gold(model, tokenizer, problems, **kwargs), sampled_gold(reference, tokenizer, problems, **kwargs)
     wins = judge_win_probability(mine, theirs, judge_temperature)
     stderr = wins.std().item() / math.sqrt(len(wins)) if len(wins) > 1 else 0.0
     return {"win_rate": wins.mean().item(), "win_rate_stderr": stderr, "gold_reward": mine.mean().item(),
             "reference_gold_reward": theirs.mean().item()}
+
+
+# ----------------------------------------------------------------------------- train_ppo.py's logs and plots
+
+def rollout_stats(batch, info) -> dict:
+    """Reward, length, and format share / accuracy of one step's samples (an algos.Rollout; all ranks)."""
+    counts = torch.tensor([[sum(f == fmt for f in batch.formats),
+                            sum(float(c) for f, c in zip(batch.formats, batch.correct) if f == fmt)]
+                           for fmt in (*verifier.FORMATS, verifier.NO_FORMAT)])
+    sums = torch.tensor([batch.scores.sum().item(), (batch.scores ** 2).sum().item(), batch.correct.sum().item(),
+                         batch.gen.mask.sum().item(), len(batch.scores)])
+    counts, sums = runtime.all_reduce_sum(counts, info), runtime.all_reduce_sum(sums, info)
+    n = sums[4].item()
+    mean = sums[0].item() / n
+    out = {"reward_mean": mean, "reward_std": max(sums[1].item() / n - mean ** 2, 0.0) ** 0.5,
+           "train_acc": sums[2].item() / n, "response_len": sums[3].item() / n}
+    for fmt, (count, right) in zip((*verifier.FORMATS, verifier.NO_FORMAT), counts.tolist()):
+        out[f"share/{fmt}"] = count / n
+        if count:
+            out[f"acc/{fmt}"] = right / count
+    return out
+
+
+def eval_record(result: dict) -> dict:
+    """The held-out metrics that go into a metrics.jsonl line."""
+    record = {"eval/pass@1": result["pass@1"], "eval/pass@k": result["pass@k"], "eval/maj@k": result["maj@k"]}
+    record.update({f"eval/share/{f}": v for f, v in result["sampled_format_share"].items()})
+    record.update({f"eval/pass@1_d{d}": v for d, v in result["pass@1_by_difficulty"].items()})
+    return record
+
+
+def write_plots(args, metrics: list[dict], before: dict, after: dict):
+    """train_ppo.py's plots (args: its flags): format share over steps, held-out accuracy, pass@1 by difficulty."""
+    out, formats = args.out, (*verifier.FORMATS, verifier.NO_FORMAT)
+    rollout_steps = [m for m in metrics if "share/tinygsm" in m]
+    if rollout_steps:  # format share of the training samples at every step
+        xs, source = [m["step"] for m in rollout_steps], "share/"
+    else:  # offline algorithms sample nothing while training: use the held-out samples
+        rollout_steps = [m for m in metrics if "eval/share/tinygsm" in m]
+        xs, source = [m["step"] for m in rollout_steps], "eval/share/"
+    runtime.plot_stacked(os.path.join(out, "format_share.png"), xs,
+                         {f: [m.get(source + f, 0.0) for m in rollout_steps] for f in formats},
+                         f"Solution format of samples during {args.algo.upper()}", "step", "share of samples")
+    evals_at = [m for m in metrics if "eval/pass@1" in m]
+    runtime.plot_lines(os.path.join(out, "pass_at_k.png"),
+                       {"pass@1 (greedy)": ([m["step"] for m in evals_at], [m["eval/pass@1"] for m in evals_at]),
+                        f"pass@{args.eval_samples} (T={args.temperature})":
+                            ([m["step"] for m in evals_at], [m["eval/pass@k"] for m in evals_at]),
+                        f"maj@{args.eval_samples}": ([m["step"] for m in evals_at], [m["eval/maj@k"] for m in evals_at])},
+                       f"Held-out accuracy during {args.algo.upper()}", "step", "fraction of problems")
+    runtime.plot_bars(os.path.join(out, "pass_at_1_by_difficulty.png"),
+                      {"before": before["pass@1_by_difficulty"], "after": after["pass@1_by_difficulty"]},
+                      f"Greedy pass@1 by difficulty (trained on {args.min_difficulty}-{args.max_difficulty} steps)",
+                      "pass@1")

@@ -26,6 +26,10 @@ Simulated annotators (train_rm.py's default data, also usable on any policy's sa
     quality(y) = 1 - len(y) / max_new_tokens for a response that ended with EOS, 0 if truncated
 
 so correctness dominates and, between equally correct responses, the shorter one wins.
+The "target" gold (a reward as hard to learn as the policy, for the online-vs-offline
+experiment) also asks for a per-prompt target format, an arbitrary hash of the question:
+gold(y) = 1[correct and format(y) == target(x)] + quality_coef * quality(y); no model can
+predict target(x) for a new question, so the reward model must memorise it as the policy must.
 The annotator prefers the higher gold reward (the noiseless limit of Bradley-Terry on gold),
 then each label is flipped with probability `label_noise` (seeded).
 
@@ -36,6 +40,8 @@ to a shift and blind to the scale's meaning, while PPO's value clipping (0.2) an
 are tuned for rewards of order 1.
 """
 
+import hashlib
+import json
 import math
 import os
 import random
@@ -51,7 +57,7 @@ from nanorl import runtime, verifier
 from nanorl.engine import Generation, generate, pack, positions_of
 from nanorl.gpt import GPT, GPTConfig
 from nanorl.runtime import DataError, RunError, iter_jsonl
-from nanorl.tasks import encode_prompts
+from nanorl.tasks import encode_prompts, render
 
 
 class ScalarModel(nn.Module):
@@ -138,8 +144,10 @@ def read_preferences(path: str, tokenizer, block_size: int) -> list[Pair]:
     """Pairs from a JSONL file of {"prompt", "chosen", "rejected"} texts.
 
     prompt tokens = [bos] + encode(prompt) (give the prompt exactly as the policy sees it, e.g.
-    a question followed by a blank line); responses = encode(text) + [eos]. A bad line raises
-    DataError naming the file and line.
+    a question followed by a blank line); responses = encode(text) + [eos]. An optional "ids"
+    object gives the exact token lists instead ({"prompt", "chosen", "rejected"}: what
+    write_preferences stores, since decode-then-encode is not always the identity and a response
+    cut at the length limit has no EOS). A bad line raises DataError naming the file and line.
     """
     if not os.path.isfile(path):
         raise DataError(f"preference file not found: {path}")
@@ -152,8 +160,11 @@ def read_preferences(path: str, tokenizer, block_size: int) -> list[Pair]:
             if not isinstance(row.get(field), str):
                 raise DataError(f'{where}: field "{field}" is missing or not a string '
                                 f'(each line needs "prompt", "chosen" and "rejected" texts)')
-        prompt = [tokenizer.bos_id] + tokenizer.encode(row["prompt"])
-        chosen, rejected = (tokenizer.encode(row[f]) + [tokenizer.eos_id] for f in ("chosen", "rejected"))
+        if "ids" in row:
+            prompt, chosen, rejected = token_ids(row["ids"], tokenizer.vocab_size, where)
+        else:
+            prompt = [tokenizer.bos_id] + tokenizer.encode(row["prompt"])
+            chosen, rejected = (tokenizer.encode(row[f]) + [tokenizer.eos_id] for f in ("chosen", "rejected"))
         longest = len(prompt) + max(len(chosen), len(rejected))
         if longest > block_size:
             raise DataError(f"{where}: prompt + response is {longest} tokens, more than the model's "
@@ -164,12 +175,55 @@ def read_preferences(path: str, tokenizer, block_size: int) -> list[Pair]:
     return pairs
 
 
+def token_ids(ids, vocab_size: int, where: str) -> tuple[list[int], list[int], list[int]]:
+    """The (prompt, chosen, rejected) token lists of a preference line's "ids", checked."""
+    fields = ("prompt", "chosen", "rejected")
+    if not isinstance(ids, dict) or any(not isinstance(ids.get(f), list) or not ids[f] for f in fields) or any(
+            not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab_size for f in fields for t in ids[f]):
+        raise DataError(f'{where}: "ids" must map "prompt", "chosen" and "rejected" to non-empty lists of token '
+                        f"ids below the vocabulary size {vocab_size}")
+    return ids["prompt"], ids["chosen"], ids["rejected"]
+
+
+def reference_pairs(problems, fmt: str, tokenizer) -> list[Pair]:
+    """SFT data: each problem's reference solution in format `fmt` as the chosen response (no rejected one)."""
+    prompts = encode_prompts(tokenizer, [p.question for p in problems])
+    solutions = tokenizer.encode_batch([render(p, fmt) for p in problems])
+    return [Pair(prompt, solution + [tokenizer.eos_id], []) for prompt, solution in zip(prompts, solutions)]
+
+
+def write_preferences(path: str, pairs: list[Pair], tokenizer):
+    """The inverse of read_preferences: one line per pair, the texts plus their exact "ids"."""
+    def text(response):
+        return tokenizer.decode(response[:-1] if response[-1] == tokenizer.eos_id else response)
+    with open(path, "w") as f:
+        for p in pairs:
+            f.write(json.dumps({"prompt": tokenizer.decode(p.prompt[1:]), "chosen": text(p.chosen),
+                                "rejected": text(p.rejected),
+                                "ids": {"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}}) + "\n")
+
+
 # ----------------------------------------------------------------------------- simulated annotators
 
-def gold_reward(correct: bool, length: int, ended: bool, max_new_tokens: int, quality_coef: float) -> float:
-    """1[correct] + quality_coef * quality, quality = 1 - length / max_new_tokens (0 if truncated)."""
+GOLD_KINDS = ("answer", "target")
+TARGET_FORMATS = ("tinygsm", "omi1", "omi2")  # the formats the math world renders
+
+
+def target_format(question: str) -> str:
+    """The "target" gold's format for a question: arbitrary, but fixed."""
+    return TARGET_FORMATS[int(hashlib.sha256(question.encode()).hexdigest(), 16) % len(TARGET_FORMATS)]
+
+
+def gold_reward(text: str, problem, length: int, ended: bool, max_new_tokens: int, quality_coef: float,
+                kind: str = "answer") -> float:
+    """1[correct (and, for kind "target", in the question's target format)] + quality_coef * quality,
+    quality = 1 - length / max_new_tokens (0 if truncated)."""
+    fmt, answer = verifier.extract_answer(text)
+    hit = answer is not None and answer == problem.answer
+    if kind == "target":
+        hit = hit and fmt == target_format(problem.question)
     quality = 1.0 - length / max_new_tokens if ended else 0.0
-    return float(correct) + quality_coef * quality
+    return float(hit) + quality_coef * quality
 
 
 def preference_pairs(gold: list[float], group_size: int, max_pairs: int, label_noise: float,
@@ -198,7 +252,7 @@ def preference_pairs(gold: list[float], group_size: int, max_pairs: int, label_n
 
 # ----------------------------------------------------------------------------- sampling, scoring, calibration
 # `args` below is any object with the sampling flags of train_rm.py and rlp.py: max_new_tokens,
-# samples_per_prompt, sample_batch, temperature, quality_coef, pairs_per_prompt, batch_size.
+# samples_per_prompt, sample_batch, temperature, quality_coef, gold, pairs_per_prompt, batch_size.
 
 @torch.no_grad()
 def sample_responses(policy, tokenizer, problems, args, seed, device, dtype, desc):
@@ -218,7 +272,8 @@ def sample_responses(policy, tokenizer, problems, args, seed, device, dtype, des
         texts, rows = tokenizer.decode_batch(gen.responses()), gen.tokens.tolist()
         lengths, ended = gen.mask.sum(1).tolist(), gen.ended.tolist()
         hits = [verifier.is_correct(text, chunk[r // K].answer) for r, text in enumerate(texts)]
-        gold += [gold_reward(hits[r], lengths[r], ended[r], max_new, args.quality_coef) for r in range(len(rows))]
+        gold += [gold_reward(texts[r], chunk[r // K], lengths[r], ended[r], max_new, args.quality_coef, args.gold)
+                 for r in range(len(rows))]
         responses += [(prompts[i + r // K], rows[r][:lengths[r]]) for r in range(len(rows))]
         correct += hits
         truncated += [not e for e in ended]

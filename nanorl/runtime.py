@@ -354,14 +354,17 @@ def plot_lines(path: str, series: dict[str, tuple[list, list]], title: str, xlab
 
 
 def plot_bands(path: str, series: dict[str, tuple[list, list, list, list]], title: str, xlabel: str, ylabel: str,
-               ylim: tuple | None = None):
-    """One PNG with a line and a shaded band per named (x, y, low, high) series (e.g. mean and min-max over seeds)."""
+               ylim: tuple | None = None, dashed: tuple[str, ...] = ()):
+    """One PNG with a line and a shaded band per named (x, y, low, high) series (e.g. mean and min-max over seeds).
+    A series named in `dashed` is drawn dashed, in the colour of the series before it (its companion)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4.2))
+    line = None
     for name, (xs, ys, lows, highs) in series.items():
-        line, = ax.plot(xs, ys, label=name)
+        companion = dict(color=line.get_color(), linestyle="--") if name in dashed and line is not None else {}
+        line, = ax.plot(xs, ys, label=name, **companion)
         ax.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel, ylim=ylim)
     ax.grid(alpha=0.3)
@@ -371,8 +374,9 @@ def plot_bands(path: str, series: dict[str, tuple[list, list, list, list]], titl
     plt.close(fig)
 
 
-def plot_bars(path: str, groups: dict[str, dict[str, float]], title: str, ylabel: str):
-    """Grouped bars: groups = {group label: {bar label: value}}."""
+def plot_bars(path: str, groups: dict[str, dict[str, float]], title: str, ylabel: str,
+              errors: dict[str, dict[str, float]] | None = None):
+    """Grouped bars: groups = {group label: {bar label: value}}, optional error bars in the same shape."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -381,8 +385,11 @@ def plot_bars(path: str, groups: dict[str, dict[str, float]], title: str, ylabel
     width = 0.8 / max(len(groups), 1)
     for i, (name, values) in enumerate(groups.items()):
         xs = [j + i * width for j in range(len(labels))]
-        ax.bar(xs, [values.get(k, 0.0) for k in labels], width, label=name)
-    ax.set_xticks([j + width * (len(groups) - 1) / 2 for j in range(len(labels))], labels)
+        yerr = [errors[name].get(k, 0.0) for k in labels] if errors else None
+        ax.bar(xs, [values.get(k, 0.0) for k in labels], width, label=name, yerr=yerr, capsize=3)
+    long_labels = max(map(len, labels), default=0) > 14
+    ax.set_xticks([j + width * (len(groups) - 1) / 2 for j in range(len(labels))], labels,
+                  rotation=20 if long_labels else 0, ha="right" if long_labels else "center", fontsize=8)
     ax.set(title=title, ylabel=ylabel)
     ax.grid(alpha=0.3, axis="y")
     ax.legend()

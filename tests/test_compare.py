@@ -155,6 +155,23 @@ def test_cli_smoke(compared, tmp_path):
     out = tmp_path / "cli"
     proc = run_script("-m", "nanorl.compare", *runs.values(), "--out", str(out))
     assert "| pass@1 | 0.800 ± 0.100 | 0.700 ± 0.141 | 0.700 |" in proc.stdout
-    assert {p.name for p in out.iterdir()} == {"summary.json", "summary.md", "algo=grpo_kl_coef=0.0_format_share.png",
+    assert {p.name for p in out.iterdir()} == {"summary.json", "summary.md", "win_rate.png",
+                                                "algo=grpo_kl_coef=0.0_format_share.png",
                                                 "algo=ppo_kl_coef=0.0_format_share.png",
                                                 "algo=grpo_kl_coef=0.1_format_share.png"}
+
+
+def test_named_groups_are_taken_as_given(compared, tmp_path):
+    runs, _, _, _ = compared
+    dirs = list(runs.values())
+    out = tmp_path / "named"
+    rest = [dirs[2], dirs[4], dirs[5]]  # seeds 1, 2, 3: mixed algorithms, one group because we say so
+    compare.main([f"first={dirs[0]},{dirs[1]}", f"rest={','.join(rest)}", "--out", str(out)])
+    summary = json.loads((out / "summary.json").read_text())
+    assert [g["name"] for g in summary["groups"]] == ["first", "rest"]
+    assert [g["runs"] for g in summary["groups"]] == [dirs[:2], rest]
+    assert (out / "win_rate.png").exists()
+    with pytest.raises(RunError, match="same seed"):
+        compare.main([f"twice={dirs[0]},{dirs[0]}", "--out", str(tmp_path / "twice")])
+    proc = run_script("-m", "nanorl.compare", f"a={dirs[0]}", dirs[1], "--out", str(tmp_path / "mixed"), check=False)
+    assert proc.returncode == 2 and "NAME=RUN" in proc.stderr

@@ -13,6 +13,7 @@ from nanorl import rundir, runtime
 from nanorl.data import DataError
 from nanorl.engine import Generation
 from nanorl.gpt import GPT, GPTConfig
+from nanorl.tasks import problem_set
 from nanorl.reward import (Pair, ScalarModel, bradley_terry_loss, gold_reward, last_token_scores, pairs_to_generation, preference_pairs, read_preferences, score)
 from nanorl.tokenizer import Tokenizer
 
@@ -130,9 +131,11 @@ def test_save_and_load_round_trip_gives_identical_scores(tmp_path, pretrained_ru
 # ----------------------------------------------------------------------------- annotators
 
 def test_gold_reward_prefers_correct_then_short():
-    assert gold_reward(True, 100, True, 128, 0.1) > gold_reward(False, 10, True, 128, 0.1)
-    assert gold_reward(True, 10, True, 128, 0.1) > gold_reward(True, 100, True, 128, 0.1)
-    assert gold_reward(True, 128, False, 128, 0.1) == 1.0  # truncated: quality 0
+    problem = problem_set("test", 1, seed=0)[0]
+    right, wrong = f"The answer is \\boxed{{{problem.answer}}}.", f"The answer is \\boxed{{{problem.answer + 1}}}."
+    assert gold_reward(right, problem, 100, True, 128, 0.1) > gold_reward(wrong, problem, 10, True, 128, 0.1)
+    assert gold_reward(right, problem, 10, True, 128, 0.1) > gold_reward(right, problem, 100, True, 128, 0.1)
+    assert gold_reward(right, problem, 128, False, 128, 0.1) == 1.0  # truncated: quality 0
 
 
 @pytest.mark.parametrize("noise", [0.0, 0.1, 0.3])

@@ -97,7 +97,8 @@ def test_split_by_prompt_needs_two_prompts(tmp_path, pretrained_run, capsys):
 
 
 def test_calibration_problems_are_training_problems_disjoint_from_evaluation():
-    args = argparse.Namespace(n_prompts=384, n_calib_prompts=128, n_eval_prompts=128, seed=1337)
+    args = argparse.Namespace(n_prompts=384, n_calib_prompts=128, n_eval_prompts=128, seed=1337, min_difficulty=1,
+                              max_difficulty=4)
     train, calibration, held_out = problem_slices(args)
     assert (len(train), len(calibration), len(held_out)) == (384, 128, 128)
     assert train == problem_set("train", 384, seed=1337)  # adding calibration leaves the training pairs as they were

@@ -1,0 +1,115 @@
+"""The global reward model against the "local" one a DPO policy implies, on held-out preferences.
+
+    python -m nanorl.implicit_rm --rm runs/rm --policy dpo=runs/dpo_s1,runs/dpo_s2 \\
+        --shift runs/ppo_rm --out runs/implicit_rm
+
+DPO never fits a reward model, yet its policy defines one (Rafailov et al. 2023):
+
+    r_local(x, y) = beta * (log pi(y | x) - log pi_ref(y | x))      pi_ref = the run's --init
+
+"All Roads Lead to Likelihood" (arXiv 2503.01067) argues that a reward model trained on the
+preferences (r_global, train_rm.py) generalises better than this implicit one, because it can
+be a simpler function than a policy. Both are scored by held-out preference accuracy, the share
+of pairs with r(chosen) > r(rejected) (ties count as wrong), on pairs labelled by the noiseless
+gold reward of the simulated annotators:
+
+    in distribution   the reward model's own held-out pairs (prefs_held_out.jsonl: the initial
+                      policy's samples for test problems)
+    shifted           pairs sampled in the same way from a later policy (--shift), the samples
+                      an RL run actually asks its reward to judge
+
+Groups of runs (seeds) give mean +- std (ddof=1). Writes OUT/implicit_rm.json and prints a table.
+"""
+
+import argparse
+import os
+from types import SimpleNamespace
+
+import torch
+
+from nanorl import rundir, runtime
+from nanorl.compare import cell, parse_group, stats
+from nanorl.engine import pack, sequence_logprobs
+from nanorl.reward import GOLD_KINDS, evaluate_pairs, read_preferences, sample_pairs
+from nanorl.rl import sequence_logprob
+from nanorl.tasks import problem_set
+
+
+@torch.no_grad()
+def implicit_rewards(policy, ref, responses, tokenizer, beta: float, batch_size: int = 32) -> torch.Tensor:
+    """(N,) beta * (log pi - log pi_ref) of [(prompt, response) token lists]."""
+    out = []
+    for i in range(0, len(responses), batch_size):
+        prompts, texts = zip(*responses[i:i + batch_size])
+        gen = pack(list(prompts), list(texts), eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+                   device=policy.rope_cos.device)
+        log_ratio = (sequence_logprob(sequence_logprobs(policy, gen), gen.mask) -
+                     sequence_logprob(sequence_logprobs(ref, gen), gen.mask))
+        out.append(beta * log_ratio)
+    return torch.cat(out)
+
+
+def implicit_accuracy(policy, ref, pairs, tokenizer, beta: float) -> float:
+    rewards = implicit_rewards(policy, ref, [(p.prompt, p.chosen) for p in pairs] +
+                               [(p.prompt, p.rejected) for p in pairs], tokenizer, beta)
+    return (rewards[:len(pairs)] > rewards[len(pairs):]).float().mean().item()
+
+
+def shifted_pairs(path: str, tokenizer, args, device):
+    """Gold-labelled pairs from the --shift policy's samples for held-out test problems."""
+    policy, shift_tokenizer, _ = rundir.load_policy(path, "--shift", device)
+    if shift_tokenizer.to_json() != tokenizer.to_json():
+        raise runtime.RunError(f"--shift {path} uses another tokenizer than --rm {args.rm}")
+    problems = problem_set("test", args.n_prompts, seed=args.seed)
+    sampling = SimpleNamespace(max_new_tokens=args.max_new_tokens, samples_per_prompt=4, sample_batch=32,
+                               temperature=1.0, quality_coef=args.quality_coef, gold=args.gold, pairs_per_prompt=3)
+    pairs, _ = sample_pairs(policy, tokenizer, problems, sampling, 0.0, args.seed, device, torch.float32, "shifted pairs")
+    return pairs
+
+
+def main(argv=None):
+    p = runtime.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rm", required=True, help="train_rm.py run: the global reward model and its held-out pairs")
+    p.add_argument("--policy", action="append", type=parse_group, required=True,
+                   help="NAME=RUN[,RUN...]: DPO-trained policy runs (seeds) whose implicit reward is scored; repeatable")
+    p.add_argument("--shift", help="a later policy run: also score pairs sampled from it")
+    p.add_argument("--n-prompts", type=runtime.positive_int, default=128, help="test problems for the shifted pairs")
+    p.add_argument("--max-new-tokens", type=runtime.positive_int, default=128, help="longest shifted sample")
+    p.add_argument("--quality-coef", type=runtime.non_negative_float, default=0.1, help="gold reward's shortness weight")
+    p.add_argument("--gold", default="answer", choices=GOLD_KINDS, help="gold reward of the labels")
+    p.add_argument("--seed", type=int, default=0, help="seed of the shifted problems and samples")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--out", default="runs/implicit_rm", help="directory for implicit_rm.json")
+    args = p.parse_args(argv)
+    device = runtime.pick_device(args.device)
+    rm, tokenizer, _ = rundir.load_reward_model(args.rm, "--rm", device)
+    held_out = os.path.join(args.rm, "prefs_held_out.jsonl")
+    if not os.path.isfile(held_out):
+        raise runtime.RunError(f"--rm {args.rm} has no prefs_held_out.jsonl; train it again with this train_rm.py")
+    pair_sets = {"in distribution": read_preferences(held_out, tokenizer, rm.config.block_size)}
+    if args.shift:
+        pair_sets["shifted"] = shifted_pairs(args.shift, tokenizer, args, device)
+    scoring = SimpleNamespace(batch_size=32)
+    table = {"global RM": {name: stats([evaluate_pairs(rm, pairs, tokenizer, scoring, device, torch.float32)[0]])
+                           for name, pairs in pair_sets.items()}}
+    for name, paths in args.policy:
+        accuracies = {set_name: [] for set_name in pair_sets}
+        for path in paths:
+            policy, _, config = rundir.load_policy(path, "--policy", device)
+            ref = rundir.load_policy(config["init"], f"--policy {path}'s init", device)[0]
+            beta = config["args"]["dpo_beta"]
+            for set_name, pairs in pair_sets.items():
+                accuracies[set_name].append(implicit_accuracy(policy, ref, pairs, tokenizer, beta))
+        table[f"{name} (implicit)"] = {set_name: stats(values) for set_name, values in accuracies.items()}
+    os.makedirs(args.out, exist_ok=True)
+    runtime.write_json(os.path.join(args.out, "implicit_rm.json"),
+                       {"args": vars(args), "n_pairs": {k: len(v) for k, v in pair_sets.items()}, "accuracy": table})
+    print("| reward | " + " | ".join(f"{k} ({len(v)} pairs)" for k, v in pair_sets.items()) + " |")
+    print("|---" * (len(pair_sets) + 1) + "|")
+    for name, row in table.items():
+        print(f"| {name} | " + " | ".join(cell(row[k]) for k in pair_sets) + " |")
+    print(f"wrote {args.out}/implicit_rm.json")
+
+
+if __name__ == "__main__":
+    runtime.run_cli(main)
