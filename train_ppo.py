@@ -37,7 +37,6 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from nanorl import algos, evals, rl, rundir, runtime, tasks
-from nanorl.engine import pack
 from nanorl.reward import GOLD_KINDS, Pair, read_preferences, reference_pairs, score, value_model
 from nanorl.runtime import RunError, non_negative_float, positive_float, positive_int, print0
 
@@ -243,35 +242,6 @@ def reward_function(args, reward_model):
     return lambda gen, correct: score(reward_model, gen).detach()
 
 
-def to_lists(batch: algos.Rollout, rows) -> list[tuple[list[int], list[int]]]:
-    """(prompt tokens, response tokens up to and including EOS) of the given rows, padding removed."""
-    gen = batch.gen
-    return [(gen.prompt[i][gen.prompt_mask[i]].tolist(), gen.tokens[i][gen.mask[i]].tolist()) for i in rows]
-
-
-def packed(rows, tokenizer, device):
-    prompts, responses = zip(*rows)
-    return pack(list(prompts), list(responses), eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, device=device)
-
-
-def sampled_pairs(policy, tokenizer, pool, args, generator, reward_fn) -> list[Pair]:
-    """DPO / SFT data without --prefs: pairs sampled once from the initial policy, the best vs the
-    worst response of each prompt by reward."""
-    pairs = []
-    n_prompts = min(len(pool), args.prompts_per_step * args.max_steps)
-    for start in tqdm(range(0, n_prompts, args.prompts_per_step), desc="offline pairs", leave=False):
-        batch = algos.rollout(policy, tokenizer, pool[start:start + args.prompts_per_step], n_samples=args.samples,
-                              temperature=args.temperature, max_new_tokens=args.max_new_tokens,
-                              generator=generator, reward_fn=reward_fn)
-        chosen, rejected = rl.best_worst_pairs(batch.scores, batch.group_size)
-        for (prompt, good), (_, bad) in zip(to_lists(batch, chosen.tolist()), to_lists(batch, rejected.tolist())):
-            pairs.append(Pair(prompt, good, bad))
-    if not pairs:
-        raise RunError("no preference pairs: every prompt's samples got the same reward; raise --samples or "
-                       "--temperature, start from a better-trained --init, or give --prefs FILE")
-    return pairs
-
-
 class Trainer:
     """The state of one fine-tuning run and one `step` per algorithm."""
 
@@ -324,7 +294,7 @@ class Trainer:
         return stats, batch
 
     def expert_iteration(self, batch, ids) -> dict:
-        kept = to_lists(batch, rl.dedupe_correct([ids[i // batch.group_size] for i in range(len(batch.texts))],
+        kept = algos.to_lists(batch, rl.dedupe_correct([ids[i // batch.group_size] for i in range(len(batch.texts))],
                                                  batch.gen.responses(), batch.correct.bool().tolist()))
         if self.args.ei_restart:  # SFT from the base model on everything kept so far
             self.ei_data += kept
@@ -335,18 +305,18 @@ class Trainer:
         for _ in range(self.args.epochs):
             order = torch.randperm(len(kept)).tolist()
             for chunk in range(0, len(kept), self.args.ei_batch):
-                rows = packed([kept[i] for i in order[chunk:chunk + self.args.ei_batch]], self.tokenizer, self.device)
+                rows = algos.packed([kept[i] for i in order[chunk:chunk + self.args.ei_batch]], self.tokenizer, self.device)
                 records.append(algos.sft_step(self.train_policy, self.optimizer, rows, self.cfg))
         return {**(algos.mean_stats(records) if records else {}), "ei_kept": len(kept)}
 
     def offline_step(self, step: int) -> dict:
         if self.pairs is None:
-            self.pairs = sampled_pairs(self.policy, self.tokenizer, self.pool, self.args, self.sampler, self.reward_fn)
+            self.pairs = algos.sampled_pairs(self.policy, self.tokenizer, self.pool, self.args, self.sampler, self.reward_fn)
         _, rows = step_problems(self.pairs, step, self.args, self.info)  # a seeded pass over the pairs
-        chosen = packed([(p.prompt, p.chosen) for p in rows], self.tokenizer, self.device)
+        chosen = algos.packed([(p.prompt, p.chosen) for p in rows], self.tokenizer, self.device)
         if self.args.algo == "sft":
             return {**algos.sft_step(self.train_policy, self.optimizer, chosen, self.cfg), "n_pairs": len(self.pairs)}
-        rejected = packed([(p.prompt, p.rejected) for p in rows], self.tokenizer, self.device)
+        rejected = algos.packed([(p.prompt, p.rejected) for p in rows], self.tokenizer, self.device)
         return {**algos.dpo_step(self.train_policy, self.ref, self.optimizer, chosen, rejected, self.cfg),
                 "n_pairs": len(self.pairs)}
 

@@ -26,9 +26,12 @@ evaluation steps only, with kl_to_reference). Under DDP every statistic the upda
 from dataclasses import dataclass
 
 import torch
+from tqdm import tqdm
 
 from nanorl import rl, verifier
-from nanorl.engine import Generation, generate, sequence_logprobs
+from nanorl.engine import Generation, generate, pack, sequence_logprobs
+from nanorl.reward import Pair
+from nanorl.runtime import RunError
 from nanorl.tasks import encode_prompts
 
 
@@ -240,3 +243,34 @@ def preference_pairs(batch: Rollout) -> tuple[Generation, Generation] | None:
     if len(chosen) == 0:
         return None
     return batch.gen[chosen], batch.gen[rejected]
+
+
+# ----------------------------------------------------------------------------- data for the offline updates
+
+def to_lists(batch: Rollout, rows) -> list[tuple[list[int], list[int]]]:
+    """(prompt tokens, response tokens up to and including EOS) of the given rows, padding removed."""
+    gen = batch.gen
+    return [(gen.prompt[i][gen.prompt_mask[i]].tolist(), gen.tokens[i][gen.mask[i]].tolist()) for i in rows]
+
+
+def packed(rows, tokenizer, device):
+    prompts, responses = zip(*rows)
+    return pack(list(prompts), list(responses), eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, device=device)
+
+
+def sampled_pairs(policy, tokenizer, pool, args, generator, reward_fn) -> list[Pair]:
+    """DPO / SFT data without --prefs: pairs sampled once from the initial policy, the best vs the
+    worst response of each prompt by reward."""
+    pairs = []
+    n_prompts = min(len(pool), args.prompts_per_step * args.max_steps)
+    for start in tqdm(range(0, n_prompts, args.prompts_per_step), desc="offline pairs", leave=False):
+        batch = rollout(policy, tokenizer, pool[start:start + args.prompts_per_step], n_samples=args.samples,
+                        temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                        generator=generator, reward_fn=reward_fn)
+        chosen, rejected = rl.best_worst_pairs(batch.scores, batch.group_size)
+        for (prompt, good), (_, bad) in zip(to_lists(batch, chosen.tolist()), to_lists(batch, rejected.tolist())):
+            pairs.append(Pair(prompt, good, bad))
+    if not pairs:
+        raise RunError("no preference pairs: every prompt's samples got the same reward; raise --samples or "
+                       "--temperature, start from a better-trained --init, or give --prefs FILE")
+    return pairs
