@@ -1,6 +1,6 @@
 """Speed benchmark: sampling with the KV-cache engine vs naive recomputation, and training MFU.
 
-    python -m nanorl.bench [--out bench.json]
+    python -m nanorl.bench [--out bench.json] [--baseline DIR]
 
 Three measurements on a randomly initialised GPT (speed does not depend on the weights):
   peak     the machine's own matmul peak: best FLOP/s of large square matmuls (2 n^3 FLOPs each)
@@ -15,6 +15,11 @@ Three measurements on a randomly initialised GPT (speed does not depend on the w
            sample_mfu = engine tokens/s * decode FLOPs per token / peak, where a decode token
            costs a forward pass (2N) plus attention over its mean context (prompt + half the
            new tokens): the FLOPs the model needs, not those the static-shape cache spends.
+           The engine is timed three times and the best run kept; naive once (it is slow).
+  baseline with --baseline DIR (another checkout, e.g. `git worktree add /tmp/old <commit>`): this
+           engine and that one, each in a fresh process, alternating for three rounds so that both
+           see the same machine; engine_vs_baseline is the median of the rounds' ratios. Absolute
+           speeds move from machine to machine; this ratio is what a speed-up claim rests on.
   grpo     one whole GRPO step (algos.grpo_step defaults: 2 epochs x 2 minibatches, beta 0) at
            --grpo-prompts x --grpo-samples x --new-tokens: sample_s (the engine), update_s
            (forward + backward + AdamW) and grpo_step_s, their sum plus the reward. The reward is a
@@ -25,7 +30,11 @@ Each is timed after a warm-up (first calls pay for allocation and kernel selecti
 import argparse
 import copy
 import json
+import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -57,6 +66,8 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
                    help="auto: bf16 autocast on CUDA, fp32 elsewhere")
     p.add_argument("--seed", type=int, default=0, help="seeds the weights, the random tokens and the sampler")
+    p.add_argument("--baseline", default=None,
+                   help="another nanorl checkout whose engine to time against this one, side by side (CPU)")
     p.add_argument("--out", default="bench.json", help="where to write the results as JSON")
     return p.parse_args(argv)
 
@@ -98,11 +109,50 @@ def measure_sampling(model: GPT, args, device: str, autocast) -> tuple[float, fl
             return timed(lambda: sampler(model, prompts, new_tokens, generator=generator, **settings), device)
 
     rates = []
-    for name, sampler in [("engine", generate), ("naive", naive_generate)]:
+    for name, sampler, repeats in [("engine", generate, 3), ("naive", naive_generate, 1)]:
         run(sampler, 4)  # warm-up: a few steps are enough to allocate and pick kernels
         print(f"sampling with {name} ...", flush=True)
-        rates.append(args.batch * args.new_tokens / run(sampler, args.new_tokens))
+        rates.append(args.batch * args.new_tokens / min(run(sampler, args.new_tokens) for _ in range(repeats)))
     return rates[0], rates[1]
+
+
+# Times the engine of whatever nanorl is importable from the working directory. It uses only what
+# every version has had (GPT, GPTConfig, generate), so that it runs in an older checkout too.
+ENGINE_TIMER = """
+import json, sys, time, torch
+from nanorl.engine import generate
+from nanorl.gpt import GPT, GPTConfig
+a = json.loads(sys.argv[1])
+torch.set_num_threads(a["threads"])
+torch.manual_seed(a["seed"])
+model = GPT(GPTConfig(**a["model"])).eval()
+prompts = torch.randint(a["model"]["vocab_size"], (a["batch"], a["prompt_len"])).tolist()
+def seconds(new_tokens):
+    generator = torch.Generator().manual_seed(a["seed"])
+    start = time.perf_counter()
+    generate(model, prompts, new_tokens, eos_id=-1, pad_id=0, temperature=1.0, generator=generator)
+    return time.perf_counter() - start
+seconds(4)
+print(a["batch"] * a["new_tokens"] / min(seconds(a["new_tokens"]) for _ in range(3)))
+"""
+
+
+def compare_with_baseline(args, config: GPTConfig, rounds: int = 3) -> dict:
+    """Engine tokens/s of this checkout and of args.baseline, in fresh processes, alternating."""
+    spec = json.dumps(dict(model=config.to_dict(), threads=torch.get_num_threads(), seed=args.seed,
+                           batch=args.batch, prompt_len=args.prompt_len, new_tokens=args.new_tokens))
+    checkouts = {"this": Path(__file__).resolve().parents[1], "baseline": Path(args.baseline).resolve()}
+    rates = {name: [] for name in checkouts}
+    for _ in range(rounds):
+        for name, root in checkouts.items():
+            out = subprocess.run([sys.executable, "-c", ENGINE_TIMER, spec], cwd=root, capture_output=True, text=True)
+            if out.returncode != 0:
+                raise SystemExit(f"timing the engine in {root} failed:\n{out.stderr.strip()}")
+            rates[name].append(float(out.stdout.split()[-1]))
+    ratios = [this / base for this, base in zip(rates["this"], rates["baseline"])]
+    return {"baseline": str(checkouts["baseline"]), "engine_vs_baseline": statistics.median(ratios),
+            "engine_vs_baseline_rounds": ratios, "baseline_tokens_per_s": rates["baseline"],
+            "this_tokens_per_s": rates["this"]}
 
 
 def measure_grpo_step(model: GPT, args, device: str, autocast) -> dict:
@@ -144,6 +194,8 @@ def print_table(rows: list[tuple[str, str]]):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.baseline and not (Path(args.baseline) / "nanorl" / "engine.py").is_file():
+        raise SystemExit(f"--baseline {args.baseline}: no nanorl/engine.py there; pass a nanorl checkout")
     if args.prompt_len + args.new_tokens > args.block_size:
         raise SystemExit(f"--prompt-len {args.prompt_len} + --new-tokens {args.new_tokens} exceeds "
                          f"--block-size {args.block_size}; shorten one of them")
@@ -167,6 +219,12 @@ def main(argv=None) -> dict:
     print(f"grpo: one step of {args.grpo_prompts}x{args.grpo_samples}x{args.new_tokens} ...", flush=True)
     grpo = measure_grpo_step(model, args, device, autocast)
     decode_flops = model.flops_per_token(args.prompt_len + args.new_tokens / 2, training=False)
+    baseline = {}
+    if args.baseline:
+        if device != "cpu":
+            raise SystemExit("--baseline times both engines on the CPU; add --device cpu")
+        print(f"baseline: this engine and {args.baseline}'s, alternating ...", flush=True)
+        baseline = compare_with_baseline(args, config)
 
     flops_per_token = model.flops_per_token(config.block_size)
     results = {
@@ -175,6 +233,7 @@ def main(argv=None) -> dict:
         "speedup": sample_rate / naive_rate,
         "sample_mfu": sample_rate * decode_flops / peak,
         **grpo,
+        **baseline,
         "train_tokens_per_s": train_rate,
         "mfu": train_rate * flops_per_token / peak,
         "peak_flops": peak,
@@ -200,7 +259,7 @@ def main(argv=None) -> dict:
         (f"GRPO step ({args.grpo_prompts}x{args.grpo_samples}x{args.new_tokens})", f"{grpo['grpo_step_s']:.2f} s"),
         ("  sampling", f"{grpo['sample_s']:.2f} s"),
         ("  update", f"{grpo['update_s']:.2f} s"),
-    ])
+    ] + ([("engine vs baseline", f"{baseline['engine_vs_baseline']:.2f}x")] if baseline else []))
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)
     print(f"wrote {args.out}")

@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -33,3 +34,18 @@ def test_bench_writes_results(tmp_path, capsys):
 def test_bench_rejects_too_long_sampling(tmp_path):
     with pytest.raises(SystemExit, match="block-size"):
         bench.main(TINY + ["--new-tokens", "30", "--out", str(tmp_path / "bench.json")])
+
+
+def test_bench_baseline_times_both_engines_alternating(tmp_path):
+    """This checkout against itself: three rounds, each ratio this / baseline, their median reported."""
+    root = Path(bench.__file__).resolve().parents[1]
+    results = bench.main(TINY + ["--baseline", str(root), "--train-steps", "1", "--out", str(tmp_path / "b.json")])
+    this, base = results["this_tokens_per_s"], results["baseline_tokens_per_s"]
+    assert len(this) == len(base) == 3 and min(this + base) > 0
+    assert results["engine_vs_baseline_rounds"] == pytest.approx([t / b for t, b in zip(this, base)])
+    assert results["engine_vs_baseline"] == pytest.approx(sorted(results["engine_vs_baseline_rounds"])[1])
+
+
+def test_bench_baseline_must_be_a_checkout(tmp_path):
+    with pytest.raises(SystemExit, match="no nanorl/engine.py"):
+        bench.main(TINY + ["--baseline", str(tmp_path), "--out", str(tmp_path / "b.json")])

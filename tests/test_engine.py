@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from nanorl import engine
 from nanorl.engine import (Generation, filter_logits, generate, left_pad, naive_generate, sample_next,
                            sequence_logprobs)
 from conftest import sharp_gpt
@@ -16,6 +17,13 @@ NEW = 16
 @pytest.fixture(scope="module")
 def model():
     return sharp_gpt(vocab_size=60, block_size=64, n_layer=2, n_head=2, n_embd=32)
+
+
+@pytest.fixture(autouse=True)
+def small_cache_steps(monkeypatch):
+    """Grow the KV cache 4 slots at a time, so that every test here crosses several growth steps
+    (at these lengths the default step would hold the whole generation from the start)."""
+    monkeypatch.setattr(engine, "CPU_CACHE_STEP", 4)
 
 
 def sample(model, eos_id, seed=0, n_samples=3, **kwargs):

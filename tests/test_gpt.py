@@ -59,14 +59,20 @@ def test_left_padding_matches_unpadded(model):
         torch.testing.assert_close(logits[i, width - len(row):], alone, atol=1e-5, rtol=0)
 
 
-def test_kv_cache_matches_full_forward(model):
+@pytest.mark.parametrize("grow_by", [None, 3])
+def test_kv_cache_matches_full_forward(model, grow_by):
     idx, prefill = random_tokens(3, 20), 8
-    cache = KVCache(CONFIG, 3, 20, idx.device, torch.float32)
-    chunks = [model(idx[:, :prefill], cache=cache)]
+    cache = KVCache(CONFIG, 3, 20, idx.device, torch.float32, grow_by=grow_by)
+    chunks, sizes = [model(idx[:, :prefill], cache=cache)], [cache.size]
     for t in range(prefill, 20):  # decoding: one token at a time, each at its own slot and position
         positions = torch.full((3, 1), t)
         chunks.append(model(idx[:, t:t + 1], positions=positions, cache=cache, start=t))
+        sizes.append(cache.size)
     torch.testing.assert_close(torch.cat(chunks, 1), model(idx), atol=1e-5, rtol=0)
+    # whole from the start, or grown by 3 slots when a write needed them (8 for the prefill)
+    assert sizes == [20] * 13 if grow_by is None else [8, 11, 11, 11, 14, 14, 14, 17, 17, 17, 20, 20, 20]
+    with pytest.raises(ValueError, match="past the cache"):
+        model(idx[:, :1], cache=cache, start=20)
 
 
 def test_flops_per_token(model):
