@@ -14,7 +14,7 @@ the distribution it was actually sampled from (temperature-scaled, then top-k / 
 filtered and renormalised), and the response mask (real tokens up to and including EOS).
 Greedy decoding (temperature 0) reports log-probabilities of the untempered softmax.
 
-On GPU shapes are static (the cache is allocated once for P + max_new_tokens slots and every
+On CUDA and MPS shapes are static (the cache is allocated once for P + max_new_tokens slots and every
 step attends over all of them), which is what torch.compile and CUDA graphs want. On CPU, where
 a decode step is bound by reading the cache, it grows CPU_CACHE_STEP slots at a time instead.
 `naive_generate` is the obviously-correct reference: it recomputes the whole sequence every
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from nanorl.gpt import GPT, KVCache
 
-CPU_CACHE_STEP = 32  # slots a CPU KV cache grows by: a copy every 32 steps, ~30% less cache read
+CPU_CACHE_STEP = 32  # slots a CPU KV cache grows by: one copy every 32 steps, 30% less read at the bench shape
 
 
 @dataclass

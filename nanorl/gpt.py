@@ -50,7 +50,8 @@ class KVCache:
     By default the cache is allocated whole: static shapes, as CUDA graphs and torch.compile want.
     With `grow_by` it starts with that many slots and grows by as many (one copy) when a write
     needs more, so attention reads only slots that are filled or soon will be. A CPU decode step is
-    bound by reading the cache, and this saves about a third of that read at the bench shape.
+    bound by reading the cache: at the bench shape (32 + 128 tokens, growing by 32) this reads 112
+    slots per step on average instead of 160.
     """
 
     def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device, dtype, grow_by: int | None = None):
