@@ -200,6 +200,8 @@ def main(argv=None) -> dict:
         raise SystemExit(f"--prompt-len {args.prompt_len} + --new-tokens {args.new_tokens} exceeds "
                          f"--block-size {args.block_size}; shorten one of them")
     device = pick_device(args.device)
+    if args.baseline and device != "cpu":
+        raise SystemExit("--baseline times both engines on the CPU; add --device cpu")
     dtype, reason = pick_dtype(device, args.dtype)
     dtype_name = "bf16" if dtype == torch.bfloat16 else "fp32"
     autocast = autocast_context(device, dtype)  # weights and optimizer state stay fp32, as in training
@@ -221,8 +223,6 @@ def main(argv=None) -> dict:
     decode_flops = model.flops_per_token(args.prompt_len + args.new_tokens / 2, training=False)
     baseline = {}
     if args.baseline:
-        if device != "cpu":
-            raise SystemExit("--baseline times both engines on the CPU; add --device cpu")
         print(f"baseline: this engine and {args.baseline}'s, alternating ...", flush=True)
         baseline = compare_with_baseline(args, config)
 
