@@ -103,6 +103,17 @@ def test_inverse_cdf_sampling_draws_the_distribution():
     assert set(sample_next(ones.expand(1000, -1), 1.0, 0, 1.0, None)[0].tolist()) == {0, 2}
 
 
+def test_generation_is_usable_in_a_backward(model):
+    """generate decodes in inference mode but returns plain tensors: a loss that saves the mask
+    for its backward (as every RL loss does) must work on them."""
+    gen = sample(model, -1)
+    assert not any(t.is_inference() for t in (gen.prompt, gen.tokens, gen.logprobs, gen.mask, gen.ended))
+    logprobs = sequence_logprobs(model, gen)
+    torch.where(gen.mask, logprobs - gen.logprobs, 0.0).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    model.zero_grad(set_to_none=True)
+
+
 def test_seed_reproducible(model):
     a, b, c = sample(model, -1, seed=1), sample(model, -1, seed=1), sample(model, -1, seed=2)
     assert torch.equal(a.tokens, b.tokens) and torch.equal(a.logprobs, b.logprobs)
