@@ -14,11 +14,11 @@ Three measurements on a randomly initialised GPT (speed does not depend on the w
            so every row runs to full length and both samplers do the same number of steps.
            sample_mfu = engine tokens/s * decode FLOPs per token / peak, where a decode token
            costs a forward pass (2N) plus attention over its mean context (prompt + half the
-           new tokens): the FLOPs the model needs, not those the static-shape cache spends.
+           new tokens): the FLOPs the model needs, not those a full-length cache spends.
            The engine is timed three times and the best run kept; naive once (it is slow).
   baseline with --baseline DIR (another checkout, e.g. `git worktree add /tmp/old <commit>`): this
-           engine and that one, each in a fresh process, alternating for three rounds so that both
-           see the same machine; engine_vs_baseline is the median of the rounds' ratios. Absolute
+           engine and that one, each in a fresh fp32 CPU process, alternating for three rounds (in
+           turned order every other round) so that both see the same machine; engine_vs_baseline is the median of the rounds' ratios. Absolute
            speeds move from machine to machine; this ratio is what a speed-up claim rests on.
   grpo     one whole GRPO step (algos.grpo_step defaults: 2 epochs x 2 minibatches, beta 0) at
            --grpo-prompts x --grpo-samples x --new-tokens: sample_s (the engine), update_s
@@ -120,6 +120,7 @@ def measure_sampling(model: GPT, args, device: str, autocast) -> tuple[float, fl
 # every version has had (GPT, GPTConfig, generate), so that it runs in an older checkout too.
 ENGINE_TIMER = """
 import json, sys, time, torch
+import nanorl
 from nanorl.engine import generate
 from nanorl.gpt import GPT, GPTConfig
 a = json.loads(sys.argv[1])
@@ -133,8 +134,20 @@ def seconds(new_tokens):
     generate(model, prompts, new_tokens, eos_id=-1, pad_id=0, temperature=1.0, generator=generator)
     return time.perf_counter() - start
 seconds(4)
+print(nanorl.__file__)
 print(a["batch"] * a["new_tokens"] / min(seconds(a["new_tokens"]) for _ in range(3)))
 """
+
+
+def engine_rate(root: Path, spec: str) -> float:
+    """New tokens/s of the engine of the checkout at `root`, timed by ENGINE_TIMER in a fresh process."""
+    out = subprocess.run([sys.executable, "-c", ENGINE_TIMER, spec], cwd=root, capture_output=True, text=True)
+    lines = out.stdout.splitlines()
+    if out.returncode != 0 or len(lines) != 2:
+        raise SystemExit(f"timing the engine in {root} failed:\n{out.stderr.strip() or out.stdout.strip()}")
+    if not Path(lines[0]).resolve().is_relative_to(root):
+        raise SystemExit(f"timing the engine in {root} imported nanorl from {lines[0]} instead")
+    return float(lines[1])
 
 
 def compare_with_baseline(args, config: GPTConfig, rounds: int = 3) -> dict:
@@ -143,12 +156,9 @@ def compare_with_baseline(args, config: GPTConfig, rounds: int = 3) -> dict:
                            batch=args.batch, prompt_len=args.prompt_len, new_tokens=args.new_tokens))
     checkouts = {"this": Path(__file__).resolve().parents[1], "baseline": Path(args.baseline).resolve()}
     rates = {name: [] for name in checkouts}
-    for _ in range(rounds):
-        for name, root in checkouts.items():
-            out = subprocess.run([sys.executable, "-c", ENGINE_TIMER, spec], cwd=root, capture_output=True, text=True)
-            if out.returncode != 0:
-                raise SystemExit(f"timing the engine in {root} failed:\n{out.stderr.strip()}")
-            rates[name].append(float(out.stdout.split()[-1]))
+    for round_ in range(rounds):
+        for name, root in sorted(checkouts.items(), reverse=round_ % 2 == 1):
+            rates[name].append(engine_rate(root, spec))
     ratios = [this / base for this, base in zip(rates["this"], rates["baseline"])]
     return {"baseline": str(checkouts["baseline"]), "engine_vs_baseline": statistics.median(ratios),
             "engine_vs_baseline_rounds": ratios, "baseline_tokens_per_s": rates["baseline"],
@@ -200,8 +210,8 @@ def main(argv=None) -> dict:
         raise SystemExit(f"--prompt-len {args.prompt_len} + --new-tokens {args.new_tokens} exceeds "
                          f"--block-size {args.block_size}; shorten one of them")
     device = pick_device(args.device)
-    if args.baseline and device != "cpu":
-        raise SystemExit("--baseline times both engines on the CPU; add --device cpu")
+    if args.baseline and (device != "cpu" or args.dtype == "bf16"):
+        raise SystemExit("--baseline times both engines in fp32 on the CPU; add --device cpu and leave --dtype")
     dtype, reason = pick_dtype(device, args.dtype)
     dtype_name = "bf16" if dtype == torch.bfloat16 else "fp32"
     autocast = autocast_context(device, dtype)  # weights and optimizer state stay fp32, as in training

@@ -1,4 +1,4 @@
-"""Fused batched sampling with a preallocated KV cache: the rollout engine of every RL stage.
+"""Fused batched sampling with a KV cache: the rollout engine of every RL stage.
 
 Many prompts of different lengths are decoded together. Prompts are LEFT-padded to a common
 length P so that every row's next token sits in the same column; each row counts its rotary
@@ -16,7 +16,7 @@ Greedy decoding (temperature 0) reports log-probabilities of the untempered soft
 
 On CUDA and MPS shapes are static (the cache is allocated once for P + max_new_tokens slots and every
 step attends over all of them), which is what torch.compile and CUDA graphs want. On CPU, where
-a decode step is bound by reading the cache, it grows CPU_CACHE_STEP slots at a time instead.
+a decode step is bound by reading the cache, it grows by at least CPU_CACHE_STEP slots at a time.
 `naive_generate` is the obviously-correct reference: it recomputes the whole sequence every
 step. Tests check the engine against it token for token; the benchmark measures the speed-up.
 """

@@ -48,10 +48,10 @@ class KVCache:
     every slot after the query's own is still empty.
 
     By default the cache is allocated whole: static shapes, as CUDA graphs and torch.compile want.
-    With `grow_by` it starts with that many slots and grows by as many (one copy) when a write
-    needs more, so attention reads only slots that are filled or soon will be. A CPU decode step is
-    bound by reading the cache: at the bench shape (32 + 128 tokens, growing by 32) this reads 112
-    slots per step on average instead of 160.
+    With `grow_by` it starts with that many slots and, when a write needs more, grows by at least
+    as many (copying k, v, valid and bias), so attention reads only slots that are filled or soon
+    will be. A CPU decode step is bound by reading the cache: at the bench shape (32 + 128 tokens,
+    growing by 32) this reads 112 slots per step on average instead of 160.
     """
 
     def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device, dtype, grow_by: int | None = None):

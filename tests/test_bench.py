@@ -46,6 +46,22 @@ def test_bench_baseline_times_both_engines_alternating(tmp_path):
     assert results["engine_vs_baseline"] == pytest.approx(sorted(results["engine_vs_baseline_rounds"])[1])
 
 
-def test_bench_baseline_must_be_a_checkout(tmp_path):
+def test_bench_baseline_must_be_a_checkout_timed_on_the_cpu(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="no nanorl/engine.py"):
         bench.main(TINY + ["--baseline", str(tmp_path), "--out", str(tmp_path / "b.json")])
+    root = str(Path(bench.__file__).resolve().parents[1])
+    monkeypatch.setattr(bench, "measure_peak_flops", lambda *a, **k: pytest.fail("measured before refusing"))
+    with pytest.raises(SystemExit, match="fp32 on the CPU"):
+        bench.main(TINY + ["--baseline", root, "--dtype", "bf16", "--out", str(tmp_path / "b.json")])
+    monkeypatch.setattr(bench, "pick_device", lambda choice: "cuda")
+    with pytest.raises(SystemExit, match="fp32 on the CPU"):
+        bench.main(TINY + ["--baseline", root, "--out", str(tmp_path / "b.json")])
+
+
+def test_engine_rate_refuses_a_checkout_that_imports_another_nanorl(tmp_path):
+    """An empty "checkout": python imports the installed nanorl instead (or none); either is refused."""
+    (tmp_path / "nanorl").mkdir()
+    spec = {"model": {"vocab_size": 64, "block_size": 32, "n_layer": 1, "n_head": 2, "n_embd": 16},
+            "threads": 1, "seed": 0, "batch": 2, "prompt_len": 4, "new_tokens": 4}
+    with pytest.raises(SystemExit, match="timing the engine in .*(imported nanorl from|failed)"):
+        bench.engine_rate(tmp_path.resolve(), json.dumps(spec))

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from nanorl.engine import positions_of
-from nanorl.gpt import GPT, GPTConfig, KVCache
+from nanorl.gpt import GPT, GPTConfig, KVCache, apply_rotary, rotary_tables
 
 
 CONFIG = GPTConfig(vocab_size=60, block_size=64, n_layer=2, n_head=2, n_embd=32)
@@ -59,6 +59,21 @@ def test_left_padding_matches_unpadded(model):
         torch.testing.assert_close(logits[i, width - len(row):], alone, atol=1e-5, rtol=0)
 
 
+def test_rotary_rotates_each_pair_by_its_angle():
+    """Pair (x[i], x[i + D/2]) at position p turns by p * base^(-2i/D), written out for one vector;
+    and q.k after rotation depends only on the distance between the two positions."""
+    cos, sin = rotary_tables(CONFIG, "cpu")
+    D = CONFIG.n_embd // CONFIG.n_head
+    x, y, half = torch.randn(D), torch.randn(D), D // 2
+    for p in [0, 1, 7]:
+        angle = p * CONFIG.rope_base ** (-torch.arange(half).float() * 2 / D)
+        x1, x2 = x[:half], x[half:]
+        expected = torch.cat([x1 * angle.cos() - x2 * angle.sin(), x1 * angle.sin() + x2 * angle.cos()])
+        torch.testing.assert_close(apply_rotary(x, cos[p], sin[p]), expected, atol=1e-5, rtol=0)
+    dots = [apply_rotary(x, cos[p + 3], sin[p + 3]) @ apply_rotary(y, cos[p], sin[p]) for p in [0, 5, 20]]
+    torch.testing.assert_close(torch.stack(dots), dots[0].expand(3), atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("grow_by", [None, 3])
 def test_kv_cache_matches_full_forward(model, grow_by):
     idx, prefill = random_tokens(3, 20), 8
@@ -70,7 +85,7 @@ def test_kv_cache_matches_full_forward(model, grow_by):
         sizes.append(cache.size)
     torch.testing.assert_close(torch.cat(chunks, 1), model(idx), atol=1e-5, rtol=0)
     # whole from the start, or grown by 3 slots when a write needed them (8 for the prefill)
-    assert sizes == [20] * 13 if grow_by is None else [8, 11, 11, 11, 14, 14, 14, 17, 17, 17, 20, 20, 20]
+    assert sizes == ([20] * 13 if grow_by is None else [8, 11, 11, 11, 14, 14, 14, 17, 17, 17, 20, 20, 20])
     with pytest.raises(ValueError, match="past the cache"):
         model(idx[:, :1], cache=cache, start=20)
 
