@@ -37,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from nanorl import algos, evals, rl, rundir, runtime, tasks
-from nanorl.reward import GOLD_KINDS, Pair, read_preferences, reference_pairs, score, value_model
+from nanorl.reward import GOLD_KINDS, Pair, packed, read_preferences, reference_pairs, score, value_model
 from nanorl.runtime import RunError, non_negative_float, positive_float, positive_int, print0
 
 ALGOS = ("ppo", "grpo", "ei", "dpo", "online_dpo", "sft")
@@ -295,7 +295,7 @@ class Trainer:
 
     def expert_iteration(self, batch, ids) -> dict:
         kept = algos.to_lists(batch, rl.dedupe_correct([ids[i // batch.group_size] for i in range(len(batch.texts))],
-                                                 batch.gen.responses(), batch.correct.bool().tolist()))
+                                                       batch.gen.responses(), batch.correct.bool().tolist()))
         if self.args.ei_restart:  # SFT from the base model on everything kept so far
             self.ei_data += kept
             kept = self.ei_data
@@ -305,7 +305,7 @@ class Trainer:
         for _ in range(self.args.epochs):
             order = torch.randperm(len(kept)).tolist()
             for chunk in range(0, len(kept), self.args.ei_batch):
-                rows = algos.packed([kept[i] for i in order[chunk:chunk + self.args.ei_batch]], self.tokenizer, self.device)
+                rows = packed([kept[i] for i in order[chunk:chunk + self.args.ei_batch]], self.tokenizer, self.device)
                 records.append(algos.sft_step(self.train_policy, self.optimizer, rows, self.cfg))
         return {**(algos.mean_stats(records) if records else {}), "ei_kept": len(kept)}
 
@@ -313,10 +313,10 @@ class Trainer:
         if self.pairs is None:
             self.pairs = algos.sampled_pairs(self.policy, self.tokenizer, self.pool, self.args, self.sampler, self.reward_fn)
         _, rows = step_problems(self.pairs, step, self.args, self.info)  # a seeded pass over the pairs
-        chosen = algos.packed([(p.prompt, p.chosen) for p in rows], self.tokenizer, self.device)
+        chosen = packed([(p.prompt, p.chosen) for p in rows], self.tokenizer, self.device)
         if self.args.algo == "sft":
             return {**algos.sft_step(self.train_policy, self.optimizer, chosen, self.cfg), "n_pairs": len(self.pairs)}
-        rejected = algos.packed([(p.prompt, p.rejected) for p in rows], self.tokenizer, self.device)
+        rejected = packed([(p.prompt, p.rejected) for p in rows], self.tokenizer, self.device)
         return {**algos.dpo_step(self.train_policy, self.ref, self.optimizer, chosen, rejected, self.cfg),
                 "n_pairs": len(self.pairs)}
 

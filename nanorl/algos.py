@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from nanorl import rl, verifier
-from nanorl.engine import Generation, generate, pack, sequence_logprobs
+from nanorl.engine import Generation, generate, sequence_logprobs
 from nanorl.reward import Pair
 from nanorl.runtime import RunError
 from nanorl.tasks import encode_prompts
@@ -251,11 +251,6 @@ def to_lists(batch: Rollout, rows) -> list[tuple[list[int], list[int]]]:
     """(prompt tokens, response tokens up to and including EOS) of the given rows, padding removed."""
     gen = batch.gen
     return [(gen.prompt[i][gen.prompt_mask[i]].tolist(), gen.tokens[i][gen.mask[i]].tolist()) for i in rows]
-
-
-def packed(rows, tokenizer, device):
-    prompts, responses = zip(*rows)
-    return pack(list(prompts), list(responses), eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, device=device)
 
 
 def sampled_pairs(policy, tokenizer, pool, args, generator, reward_fn) -> list[Pair]:

@@ -156,8 +156,9 @@ def compare_with_baseline(args, config: GPTConfig, rounds: int = 3) -> dict:
                            batch=args.batch, prompt_len=args.prompt_len, new_tokens=args.new_tokens))
     checkouts = {"this": Path(__file__).resolve().parents[1], "baseline": Path(args.baseline).resolve()}
     rates = {name: [] for name in checkouts}
+    order = list(checkouts.items())
     for round_ in range(rounds):
-        for name, root in sorted(checkouts.items(), reverse=round_ % 2 == 1):
+        for name, root in order[::-1] if round_ % 2 else order:  # turn the order: no first-mover bias
             rates[name].append(engine_rate(root, spec))
     ratios = [this / base for this, base in zip(rates["this"], rates["baseline"])]
     return {"baseline": str(checkouts["baseline"]), "engine_vs_baseline": statistics.median(ratios),

@@ -206,18 +206,16 @@ def main(argv=None):
         except argparse.ArgumentTypeError as err:
             p.error(f"{err} (give every group as NAME=RUN[,RUN...], or only run directories)")
     paths = [path for _, group in named for path in group] if named else args.runs
-    runs = [read_run(path) for path in paths]
     if any(os.path.abspath(args.out) == os.path.abspath(path) for path in paths):
         raise RunError(f"--out {args.out} is one of the runs compared; pick a new directory")
-    os.makedirs(args.out, exist_ok=True)
-    formats = formats_seen(runs)
     if named:
-        by_dir = {run["dir"]: run for run in runs}
-        grouped, names = [[by_dir[path] for path in group] for _, group in named], [name for name, _ in named]
+        grouped, names = [[read_run(path) for path in group] for _, group in named], [name for name, _ in named]
         check_seeds(grouped)
     else:
-        grouped = group_runs(runs)
+        grouped = group_runs([read_run(path) for path in paths])
         names = group_names(grouped)
+    os.makedirs(args.out, exist_ok=True)
+    formats = formats_seen([run for members in grouped for run in members])
     groups = [summarize(name, members, formats) for name, members in zip(names, grouped)]
     for group, members in zip(groups, grouped):
         if group["plot"]:

@@ -136,9 +136,10 @@ def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, *, eos_i
     _check_lengths(model, P, max_new_tokens)
     grow_by = CPU_CACHE_STEP if device.type == "cpu" else None
     cache = KVCache(model.config, N, P + max_new_tokens, device, _cache_dtype(model), grow_by)
-    hidden = model.hidden_states(prompt, positions=positions_of(prompt_mask), valid=prompt_mask, cache=cache)
+    positions = positions_of(prompt_mask)
+    hidden = model.hidden_states(prompt, positions=positions, valid=prompt_mask, cache=cache)
     logits = model.lm_head(hidden[:, -1])
-    position = positions_of(prompt_mask)[:, -1]
+    position = positions[:, -1]
 
     tokens = torch.full((N, max_new_tokens), pad_id, dtype=torch.long, device=device)
     logprobs = torch.zeros(N, max_new_tokens, device=device)

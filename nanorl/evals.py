@@ -185,13 +185,11 @@ def eval_record(result: dict) -> dict:
 def write_plots(args, metrics: list[dict], before: dict, after: dict):
     """train_ppo.py's plots (args: its flags): format share over steps, held-out accuracy, pass@1 by difficulty."""
     out, formats = args.out, (*verifier.FORMATS, verifier.NO_FORMAT)
-    rollout_steps = [m for m in metrics if "share/tinygsm" in m]
-    if rollout_steps:  # format share of the training samples at every step
-        xs, source = [m["step"] for m in rollout_steps], "share/"
-    else:  # offline algorithms sample nothing while training: use the held-out samples
-        rollout_steps = [m for m in metrics if "eval/share/tinygsm" in m]
-        xs, source = [m["step"] for m in rollout_steps], "eval/share/"
-    runtime.plot_stacked(os.path.join(out, "format_share.png"), xs,
+    # format share of the training samples at every step; offline algorithms sample nothing while
+    # training, so for them the held-out samples
+    source = "share/" if any("share/tinygsm" in m for m in metrics) else "eval/share/"
+    rollout_steps = [m for m in metrics if source + "tinygsm" in m]
+    runtime.plot_stacked(os.path.join(out, "format_share.png"), [m["step"] for m in rollout_steps],
                          {f: [m.get(source + f, 0.0) for m in rollout_steps] for f in formats},
                          f"Solution format of samples during {args.algo.upper()}", "step", "share of samples")
     evals_at = [m for m in metrics if "eval/pass@1" in m]

@@ -75,11 +75,6 @@ def ends_in_loop(tokens: list, repeats: int = LOOP_REPEATS, max_period: int = LO
     return False
 
 
-def mean(values) -> float | None:
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
-
-
 def excess_error(success: float, predicted: float) -> float | None:
     """100 * (err_free - err_pred) / err_pred in %, None when the prediction is error-free."""
     return None if predicted >= 1.0 else 100.0 * ((1 - success) - (1 - predicted)) / (1 - predicted)
@@ -104,7 +99,7 @@ def teacher_forced(model, tokenizer, pairs) -> tuple[torch.Tensor, torch.Tensor,
 
 def budget(model, prompts, max_new_tokens: int) -> int:
     """max_new_tokens, or less where the context leaves less room after the longest prompt."""
-    return max(1, min(max_new_tokens, model.config.block_size - max(map(len, prompts))))
+    return min(max_new_tokens, model.config.block_size - max(map(len, prompts)))
 
 
 def greedy(model, tokenizer, prompts, max_new_tokens, batch_size=64):
@@ -164,9 +159,9 @@ def measure(model, tokenizer, problems, fmt: str, *, max_new_tokens: int, k: int
         "excess_error_pct": excess_error(success, predicted),
         "recovery": sum(a == p.answer for a, p in zip(recovered, problems)) / len(problems),
         "recovery_answered": sum(a is not None for a in recovered) / len(problems),
-        f"seq_rep_{n}": mean(seq_rep(r, n) for r in free),
-        f"reference_seq_rep_{n}": mean(seq_rep(p.chosen[:-1], n) for p in pairs),
-        f"distinct_{n}": mean(distinct(group, n) for group in samples),
+        f"seq_rep_{n}": stats([seq_rep(r, n) for r in free])["mean"],
+        f"reference_seq_rep_{n}": stats([seq_rep(p.chosen[:-1], n) for p in pairs])["mean"],
+        f"distinct_{n}": stats([distinct(group, n) for group in samples])["mean"],
         "greedy_loops": sum(not e and ends_in_loop(r) for r, e in zip(free, ended)) / len(free),
     }
 
@@ -229,11 +224,13 @@ def main(argv=None):
     p.add_argument("--out", default="runs/exposure", help="directory for exposure.json, exposure.md and the plots")
     args = p.parse_args(argv)
     device = runtime.pick_device(args.device)
-    loaded = {name: [rundir.load_policy(path, "--run", device) for path in paths] for name, paths in args.run}
+    if len({name for name, _ in args.run}) < len(args.run):
+        p.error("give every --run group its own NAME")
+    loaded = [[rundir.load_policy(path, "--run", device) for path in paths] for _, paths in args.run]
     os.makedirs(args.out, exist_ok=True)
     difficulties = range(1, MAX_DIFFICULTY + 1)
     problems = {str(d): problem_set("test", args.n_per_difficulty, args.seed, [d]) for d in difficulties}
-    model, tokenizer, _ = next(iter(loaded.values()))[0]
+    model, tokenizer, _ = loaded[0][0]
     for d, subset in problems.items():
         problems[d] = fitting(subset, args.format, tokenizer, model.config.block_size)
         if len(problems[d]) < len(subset):
@@ -241,7 +238,7 @@ def main(argv=None):
                   f"reference do not fit the {model.config.block_size}-token context")
     problems = {d: subset for d, subset in problems.items() if subset}
     per_run = {}
-    for (name, paths), models in zip(args.run, loaded.values()):
+    for (name, paths), models in zip(args.run, loaded):
         per_run[name] = []
         for path, (model, tokenizer, _) in zip(paths, models):
             result = {}

@@ -55,14 +55,14 @@ class KVCache:
     """
 
     def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device, dtype, grow_by: int | None = None):
-        size = min(grow_by, max_len) if grow_by else max_len
+        self.max_len, self.grow_by = max_len, grow_by or max_len
+        size = min(self.grow_by, max_len)
         head_dim = config.n_embd // config.n_head
         shape = (config.n_layer, batch_size, config.n_head, size, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.valid = torch.zeros(batch_size, size, dtype=torch.bool, device=device)
         self.bias = torch.full((batch_size, 1, 1, size), float("-inf"), device=device, dtype=dtype)
-        self.max_len, self.grow_by = max_len, grow_by
 
     @property
     def size(self) -> int:

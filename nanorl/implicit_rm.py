@@ -29,8 +29,8 @@ import torch
 
 from nanorl import rundir, runtime
 from nanorl.compare import cell, parse_group, stats
-from nanorl.engine import pack, sequence_logprobs
-from nanorl.reward import GOLD_KINDS, evaluate_pairs, read_preferences, sample_pairs
+from nanorl.engine import sequence_logprobs
+from nanorl.reward import GOLD_KINDS, evaluate_pairs, packed, read_preferences, sample_pairs
 from nanorl.rl import sequence_logprob
 from nanorl.tasks import problem_set
 
@@ -40,9 +40,7 @@ def implicit_rewards(policy, ref, responses, tokenizer, beta: float, batch_size:
     """(N,) beta * (log pi - log pi_ref) of [(prompt, response) token lists]."""
     out = []
     for i in range(0, len(responses), batch_size):
-        prompts, texts = zip(*responses[i:i + batch_size])
-        gen = pack(list(prompts), list(texts), eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-                   device=policy.rope_cos.device)
+        gen = packed(responses[i:i + batch_size], tokenizer, policy.rope_cos.device)
         log_ratio = (sequence_logprob(sequence_logprobs(policy, gen), gen.mask) -
                      sequence_logprob(sequence_logprobs(ref, gen), gen.mask))
         out.append(beta * log_ratio)
@@ -92,11 +90,14 @@ def main(argv=None):
     scoring = SimpleNamespace(batch_size=32)
     table = {"global RM": {name: stats([evaluate_pairs(rm, pairs, tokenizer, scoring, device, torch.float32)[0]])
                            for name, pairs in pair_sets.items()}}
+    refs = {}  # seeds of a group share their init: load it once
     for name, paths in args.policy:
         accuracies = {set_name: [] for set_name in pair_sets}
         for path in paths:
             policy, _, config = rundir.load_policy(path, "--policy", device)
-            ref = rundir.load_policy(config["init"], f"--policy {path}'s init", device)[0]
+            if config["init"] not in refs:
+                refs[config["init"]] = rundir.load_policy(config["init"], f"--policy {path}'s init", device)[0]
+            ref = refs[config["init"]]
             beta = config["args"]["dpo_beta"]
             for set_name, pairs in pair_sets.items():
                 accuracies[set_name].append(implicit_accuracy(policy, ref, pairs, tokenizer, beta))

@@ -57,7 +57,7 @@ from nanorl import runtime, verifier
 from nanorl.engine import Generation, generate, pack, positions_of
 from nanorl.gpt import GPT, GPTConfig
 from nanorl.runtime import DataError, RunError, iter_jsonl
-from nanorl.tasks import encode_prompts, render
+from nanorl.tasks import RENDERERS, encode_prompts, render
 
 
 class ScalarModel(nn.Module):
@@ -140,6 +140,12 @@ def pairs_to_generation(pairs: list[Pair], eos_id: int, pad_id: int, device="cpu
                 device=device)
 
 
+def packed(rows: list[tuple[list[int], list[int]]], tokenizer, device) -> Generation:
+    """A Generation of [(prompt, response) token lists], padded with the tokenizer's ids."""
+    prompts, responses = zip(*rows)
+    return pack(list(prompts), list(responses), eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, device=device)
+
+
 def read_preferences(path: str, tokenizer, block_size: int) -> list[Pair]:
     """Pairs from a JSONL file of {"prompt", "chosen", "rejected"} texts.
 
@@ -206,7 +212,7 @@ def write_preferences(path: str, pairs: list[Pair], tokenizer):
 # ----------------------------------------------------------------------------- simulated annotators
 
 GOLD_KINDS = ("answer", "target")
-TARGET_FORMATS = ("tinygsm", "omi1", "omi2")  # the formats the math world renders
+TARGET_FORMATS = tuple(RENDERERS)  # the formats the math world renders
 
 
 def target_format(question: str) -> str:
@@ -215,13 +221,13 @@ def target_format(question: str) -> str:
 
 
 def gold_reward(text: str, problem, length: int, ended: bool, max_new_tokens: int, quality_coef: float,
-                kind: str = "answer") -> float:
+                kind: str = "answer", correct: bool | None = None) -> float:
     """1[correct (and, for kind "target", in the question's target format)] + quality_coef * quality,
-    quality = 1 - length / max_new_tokens (0 if truncated)."""
-    fmt, answer = verifier.extract_answer(text)
-    hit = answer is not None and answer == problem.answer
+    quality = 1 - length / max_new_tokens (0 if truncated). `correct`: verifier.is_correct(text, answer)
+    where the caller has it already (it may run the response's code)."""
+    hit = verifier.is_correct(text, problem.answer) if correct is None else correct
     if kind == "target":
-        hit = hit and fmt == target_format(problem.question)
+        hit = hit and verifier.detect_format(text) == target_format(problem.question)
     quality = 1.0 - length / max_new_tokens if ended else 0.0
     return float(hit) + quality_coef * quality
 
@@ -272,8 +278,8 @@ def sample_responses(policy, tokenizer, problems, args, seed, device, dtype, des
         texts, rows = tokenizer.decode_batch(gen.responses()), gen.tokens.tolist()
         lengths, ended = gen.mask.sum(1).tolist(), gen.ended.tolist()
         hits = [verifier.is_correct(text, chunk[r // K].answer) for r, text in enumerate(texts)]
-        gold += [gold_reward(texts[r], chunk[r // K], lengths[r], ended[r], max_new, args.quality_coef, args.gold)
-                 for r in range(len(rows))]
+        gold += [gold_reward(texts[r], chunk[r // K], lengths[r], ended[r], max_new, args.quality_coef, args.gold,
+                             correct=hits[r]) for r in range(len(rows))]
         responses += [(prompts[i + r // K], rows[r][:lengths[r]]) for r in range(len(rows))]
         correct += hits
         truncated += [not e for e in ended]
@@ -295,8 +301,7 @@ def score_responses(model, responses, tokenizer, args, device, dtype) -> torch.T
     """(N,) scores of [(prompt, response) token lists], in batches of 2 * args.batch_size rows."""
     scores = []
     for i in range(0, len(responses), 2 * args.batch_size):
-        prompts, texts = zip(*responses[i:i + 2 * args.batch_size])
-        gen = pack(list(prompts), list(texts), eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, device=device)
+        gen = packed(responses[i:i + 2 * args.batch_size], tokenizer, device)
         with runtime.autocast(device, dtype):
             scores.append(score(model, gen))
     return torch.cat(scores)
