@@ -7,6 +7,9 @@ DPO never fits a reward model, yet its policy defines one (Rafailov et al. 2023)
 
     r_local(x, y) = beta * (log pi(y | x) - log pi_ref(y | x))      pi_ref = the run's --init
 
+(per token, i.e. divided by the response length, for a policy trained with --dpo-kind ipo: the
+log-ratio its loss compares).
+
 "All Roads Lead to Likelihood" (arXiv 2503.01067) argues that a reward model trained on the
 preferences (r_global, train_rm.py) generalises better than this implicit one, because it can
 be a simpler function than a policy. Both are scored by held-out preference accuracy, the share
@@ -15,8 +18,9 @@ gold reward of the simulated annotators:
 
     in distribution   the reward model's own held-out pairs (prefs_held_out.jsonl: the initial
                       policy's samples for test problems)
-    shifted           pairs sampled in the same way from a later policy (--shift), the samples
-                      an RL run actually asks its reward to judge
+    shifted           pairs sampled in the same way (the --rm run's sampling, pairing and gold
+                      settings) from a later policy (--shift), the samples an RL run actually
+                      asks its reward to judge
 
 Groups of runs (seeds) give mean +- std (ddof=1). Writes OUT/implicit_rm.json and prints a table.
 """
@@ -30,37 +34,41 @@ import torch
 from nanorl import rundir, runtime
 from nanorl.compare import cell, parse_group, stats
 from nanorl.engine import sequence_logprobs
-from nanorl.reward import GOLD_KINDS, evaluate_pairs, packed, read_preferences, sample_pairs
+from nanorl.reward import evaluate_pairs, packed, read_preferences, sample_pairs
 from nanorl.rl import sequence_logprob
 from nanorl.tasks import problem_set
 
 
 @torch.no_grad()
-def implicit_rewards(policy, ref, responses, tokenizer, beta: float, batch_size: int = 32) -> torch.Tensor:
-    """(N,) beta * (log pi - log pi_ref) of [(prompt, response) token lists]."""
+def implicit_rewards(policy, ref, responses, tokenizer, beta: float, per_token: bool = False,
+                     batch_size: int = 32) -> torch.Tensor:
+    """(N,) beta * (log pi - log pi_ref) of [(prompt, response) token lists]; per_token: divided by
+    each response's length (IPO's log-ratio)."""
     out = []
     for i in range(0, len(responses), batch_size):
         gen = packed(responses[i:i + batch_size], tokenizer, policy.rope_cos.device)
         log_ratio = (sequence_logprob(sequence_logprobs(policy, gen), gen.mask) -
                      sequence_logprob(sequence_logprobs(ref, gen), gen.mask))
-        out.append(beta * log_ratio)
+        out.append(beta * (log_ratio / gen.mask.sum(1) if per_token else log_ratio))
     return torch.cat(out)
 
 
-def implicit_accuracy(policy, ref, pairs, tokenizer, beta: float) -> float:
+def implicit_accuracy(policy, ref, pairs, tokenizer, beta: float, per_token: bool = False) -> float:
     rewards = implicit_rewards(policy, ref, [(p.prompt, p.chosen) for p in pairs] +
-                               [(p.prompt, p.rejected) for p in pairs], tokenizer, beta)
+                               [(p.prompt, p.rejected) for p in pairs], tokenizer, beta, per_token)
     return (rewards[:len(pairs)] > rewards[len(pairs):]).float().mean().item()
 
 
-def shifted_pairs(path: str, tokenizer, args, device):
-    """Gold-labelled pairs from the --shift policy's samples for held-out test problems."""
+def shifted_pairs(path: str, tokenizer, rm_args: dict, args, device):
+    """Gold-labelled pairs from the --shift policy's samples for held-out test problems, sampled,
+    paired and labelled as the --rm run did for its own (rm_args), without label noise."""
     policy, shift_tokenizer, _ = rundir.load_policy(path, "--shift", device)
     if shift_tokenizer.to_json() != tokenizer.to_json():
         raise runtime.RunError(f"--shift {path} uses another tokenizer than --rm {args.rm}")
     problems = problem_set("test", args.n_prompts, seed=args.seed)
-    sampling = SimpleNamespace(max_new_tokens=args.max_new_tokens, samples_per_prompt=4, sample_batch=32,
-                               temperature=1.0, quality_coef=args.quality_coef, gold=args.gold, pairs_per_prompt=3)
+    same = ("samples_per_prompt", "pairs_per_prompt", "sample_batch", "temperature", "quality_coef", "gold")
+    sampling = SimpleNamespace(**{k: rm_args[k] for k in same},
+                               max_new_tokens=args.max_new_tokens or rm_args["max_new_tokens"])
     pairs, _ = sample_pairs(policy, tokenizer, problems, sampling, 0.0, args.seed, device, torch.float32, "shifted pairs")
     return pairs
 
@@ -72,21 +80,19 @@ def main(argv=None):
                    help="NAME=RUN[,RUN...]: DPO-trained policy runs (seeds) whose implicit reward is scored; repeatable")
     p.add_argument("--shift", help="a later policy run: also score pairs sampled from it")
     p.add_argument("--n-prompts", type=runtime.positive_int, default=128, help="test problems for the shifted pairs")
-    p.add_argument("--max-new-tokens", type=runtime.positive_int, default=128, help="longest shifted sample")
-    p.add_argument("--quality-coef", type=runtime.non_negative_float, default=0.1, help="gold reward's shortness weight")
-    p.add_argument("--gold", default="answer", choices=GOLD_KINDS, help="gold reward of the labels")
+    p.add_argument("--max-new-tokens", type=runtime.positive_int, help="longest shifted sample (default: the --rm run's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the shifted problems and samples")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--out", default="runs/implicit_rm", help="directory for implicit_rm.json")
     args = p.parse_args(argv)
     device = runtime.pick_device(args.device)
-    rm, tokenizer, _ = rundir.load_reward_model(args.rm, "--rm", device)
+    rm, tokenizer, rm_config = rundir.load_reward_model(args.rm, "--rm", device)
     held_out = os.path.join(args.rm, "prefs_held_out.jsonl")
     if not os.path.isfile(held_out):
         raise runtime.RunError(f"--rm {args.rm} has no prefs_held_out.jsonl; train it again with this train_rm.py")
     pair_sets = {"in distribution": read_preferences(held_out, tokenizer, rm.config.block_size)}
     if args.shift:
-        pair_sets["shifted"] = shifted_pairs(args.shift, tokenizer, args, device)
+        pair_sets["shifted"] = shifted_pairs(args.shift, tokenizer, rm_config["args"], args, device)
     scoring = SimpleNamespace(batch_size=32)
     table = {"global RM": {name: stats([evaluate_pairs(rm, pairs, tokenizer, scoring, device, torch.float32)[0]])
                            for name, pairs in pair_sets.items()}}
@@ -98,9 +104,9 @@ def main(argv=None):
             if config["init"] not in refs:
                 refs[config["init"]] = rundir.load_policy(config["init"], f"--policy {path}'s init", device)[0]
             ref = refs[config["init"]]
-            beta = config["args"]["dpo_beta"]
+            beta, per_token = config["args"]["dpo_beta"], config["args"]["dpo_kind"] == "ipo"
             for set_name, pairs in pair_sets.items():
-                accuracies[set_name].append(implicit_accuracy(policy, ref, pairs, tokenizer, beta))
+                accuracies[set_name].append(implicit_accuracy(policy, ref, pairs, tokenizer, beta, per_token))
         table[f"{name} (implicit)"] = {set_name: stats(values) for set_name, values in accuracies.items()}
     os.makedirs(args.out, exist_ok=True)
     runtime.write_json(os.path.join(args.out, "implicit_rm.json"),

@@ -134,6 +134,8 @@ def test_implicit_rewards_match_a_naive_reference_and_vanish_for_the_reference_i
     got = implicit_rm.implicit_rewards(policy, ref, responses, tokenizer, beta=0.3, batch_size=2)
     want = [naive_implicit_reward(policy, ref, p, r, 0.3) for p, r in responses]
     assert got.tolist() == pytest.approx(want, abs=1e-4)
+    per_token = implicit_rm.implicit_rewards(policy, ref, responses, tokenizer, beta=0.3, per_token=True)
+    assert per_token.tolist() == pytest.approx([w / len(r) for w, (_, r) in zip(want, responses)], abs=1e-4)  # IPO
     assert implicit_rm.implicit_rewards(policy, policy, responses, tokenizer, beta=0.3).abs().max() == 0.0
     pairs = [Pair(p, r, r) for p, r in responses]
     assert implicit_rm.implicit_accuracy(policy, ref, pairs, tokenizer, 0.3) == 0.0  # a tie is not a win
@@ -154,6 +156,20 @@ def test_implicit_rm_cli_scores_both_reward_models(dpo_setup, tmp_path):
     implicit = report["accuracy"]["dpo (implicit)"]["in distribution"]
     assert implicit["std"] == 0.0 and 0.0 <= implicit["mean"] <= 1.0
     assert "| global RM |" in proc.stdout
+
+
+def test_shifted_pairs_are_sampled_as_the_reward_model_run_sampled_its_own(dpo_setup, monkeypatch):
+    rm, dpo = dpo_setup
+    rm_args = json.loads((rm / "config.json").read_text())["args"]
+    seen = {}
+    monkeypatch.setattr(implicit_rm, "sample_pairs", lambda *a: (seen.setdefault("settings", a[3]), None))
+    tokenizer = rundir.load_tokenizer(str(rm), "--rm")
+    args = argparse.Namespace(n_prompts=2, seed=0, max_new_tokens=None)
+    implicit_rm.shifted_pairs(str(dpo), tokenizer, dict(rm_args, samples_per_prompt=3, gold="target"), args, "cpu")
+    settings = vars(seen["settings"])
+    assert settings["samples_per_prompt"] == 3 and settings["gold"] == "target"
+    assert settings["max_new_tokens"] == rm_args["max_new_tokens"]
+    assert all(settings[k] == rm_args[k] for k in ("pairs_per_prompt", "sample_batch", "temperature", "quality_coef"))
 
 
 def test_offline_pairs_are_visited_in_an_order_the_seed_chooses():
