@@ -62,11 +62,15 @@ def implicit_accuracy(policy, ref, pairs, tokenizer, beta: float, per_token: boo
 def shifted_pairs(path: str, tokenizer, rm_args: dict, args, device):
     """Gold-labelled pairs from the --shift policy's samples for held-out test problems, sampled,
     paired and labelled as the --rm run did for its own (rm_args), without label noise."""
+    same = ("samples_per_prompt", "pairs_per_prompt", "sample_batch", "temperature", "quality_coef", "gold")
+    missing = [k for k in same + ("max_new_tokens",) if k not in rm_args]
+    if missing:
+        raise runtime.RunError(f"--rm {args.rm} does not record {', '.join(missing)} (an older train_rm.py); "
+                               "train it again with this one to sample shifted pairs the same way")
     policy, shift_tokenizer, _ = rundir.load_policy(path, "--shift", device)
     if shift_tokenizer.to_json() != tokenizer.to_json():
         raise runtime.RunError(f"--shift {path} uses another tokenizer than --rm {args.rm}")
     problems = problem_set("test", args.n_prompts, seed=args.seed)
-    same = ("samples_per_prompt", "pairs_per_prompt", "sample_batch", "temperature", "quality_coef", "gold")
     sampling = SimpleNamespace(**{k: rm_args[k] for k in same},
                                max_new_tokens=args.max_new_tokens or rm_args["max_new_tokens"])
     pairs, _ = sample_pairs(policy, tokenizer, problems, sampling, 0.0, args.seed, device, torch.float32, "shifted pairs")

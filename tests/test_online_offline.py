@@ -164,12 +164,15 @@ def test_shifted_pairs_are_sampled_as_the_reward_model_run_sampled_its_own(dpo_s
     seen = {}
     monkeypatch.setattr(implicit_rm, "sample_pairs", lambda *a: (seen.setdefault("settings", a[3]), None))
     tokenizer = rundir.load_tokenizer(str(rm), "--rm")
-    args = argparse.Namespace(n_prompts=2, seed=0, max_new_tokens=None)
+    args = argparse.Namespace(n_prompts=2, seed=0, max_new_tokens=None, rm=str(rm))
     implicit_rm.shifted_pairs(str(dpo), tokenizer, dict(rm_args, samples_per_prompt=3, gold="target"), args, "cpu")
     settings = vars(seen["settings"])
     assert settings["samples_per_prompt"] == 3 and settings["gold"] == "target"
     assert settings["max_new_tokens"] == rm_args["max_new_tokens"]
     assert all(settings[k] == rm_args[k] for k in ("pairs_per_prompt", "sample_batch", "temperature", "quality_coef"))
+    older = {k: v for k, v in rm_args.items() if k != "gold"}
+    with pytest.raises(runtime.RunError, match="does not record gold"):
+        implicit_rm.shifted_pairs(str(dpo), tokenizer, older, args, "cpu")
 
 
 def test_offline_pairs_are_visited_in_an_order_the_seed_chooses():
