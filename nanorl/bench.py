@@ -18,8 +18,9 @@ Three measurements on a randomly initialised GPT (speed does not depend on the w
            The engine is timed three times and the best run kept; naive once (it is slow).
   baseline with --baseline DIR (another checkout, e.g. `git worktree add /tmp/old <commit>`): this
            engine and that one, each in a fresh fp32 CPU process, alternating for three rounds (in
-           turned order every other round) so that both see the same machine; engine_vs_baseline is the median of the rounds' ratios. Absolute
-           speeds move from machine to machine; this ratio is what a speed-up claim rests on.
+           turned order every other round) so that both see the same machine; engine_vs_baseline
+           is the median of the rounds' ratios. Absolute speeds move from machine to machine; this
+           ratio is what a speed-up claim rests on.
   grpo     one whole GRPO step (algos.grpo_step defaults: 2 epochs x 2 minibatches, beta 0) at
            --grpo-prompts x --grpo-samples x --new-tokens: sample_s (the engine), update_s
            (forward + backward + AdamW) and grpo_step_s, their sum plus the reward. The reward is a
@@ -98,7 +99,7 @@ def measure_train(model: GPT, args, device: str, autocast) -> float:
 
 
 def measure_sampling(model: GPT, args, device: str, autocast) -> tuple[float, float]:
-    """New tokens/s of the KV-cache engine and of the naive sampler, each timed once."""
+    """New tokens/s of the KV-cache engine (best of three runs) and of the naive sampler (one run)."""
     g = torch.Generator(device=device).manual_seed(args.seed)
     prompts = torch.randint(model.config.vocab_size, (args.batch, args.prompt_len), generator=g, device=device).tolist()
     settings = dict(eos_id=-1, pad_id=0, temperature=1.0)
@@ -205,12 +206,12 @@ def print_table(rows: list[tuple[str, str]]):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if args.baseline and not (Path(args.baseline) / "nanorl" / "engine.py").is_file():
-        raise SystemExit(f"--baseline {args.baseline}: no nanorl/engine.py there; pass a nanorl checkout")
     if args.prompt_len + args.new_tokens > args.block_size:
         raise SystemExit(f"--prompt-len {args.prompt_len} + --new-tokens {args.new_tokens} exceeds "
                          f"--block-size {args.block_size}; shorten one of them")
     device = pick_device(args.device)
+    if args.baseline and not (Path(args.baseline) / "nanorl" / "engine.py").is_file():
+        raise SystemExit(f"--baseline {args.baseline}: no nanorl/engine.py there; pass a nanorl checkout")
     if args.baseline and (device != "cpu" or args.dtype == "bf16"):
         raise SystemExit("--baseline times both engines in fp32 on the CPU; add --device cpu and leave --dtype")
     dtype, reason = pick_dtype(device, args.dtype)

@@ -46,7 +46,6 @@ from nanorl.runtime import RunError
 # micro_batch, ckpt_every and eval_every change memory and bookkeeping, not results (see train_ppo.py --help)
 NOT_EXPERIMENT = ("seed", "out", "resume", "overwrite", "stop_after", "device", "micro_batch", "ckpt_every",
                   "eval_every")
-ALL_FORMATS = (*verifier.FORMATS, verifier.NO_FORMAT)
 COLLAPSE_FORMAT, COLLAPSE_BELOW = "omi2", 0.05  # the inaccurate format whose exit is the Echo Chamber's first sign
 LAST_STEPS = 10
 
@@ -112,7 +111,7 @@ def formats_seen(runs: list[dict]) -> list[str]:
         evals = [run["eval"][when][key] for when in ("before", "after")
                  for key in ("format_share", "sampled_format_share")]
         return [e.get(fmt, 0.0) for e in evals] + [m.get(f"share/{fmt}", 0.0) for m in run["rollouts"]]
-    return [fmt for fmt in ALL_FORMATS if any(any(shares(run, fmt)) for run in runs)]
+    return [fmt for fmt in verifier.ALL_FORMATS if any(any(shares(run, fmt)) for run in runs)]
 
 
 def run_values(run: dict, formats: list[str]) -> dict:
@@ -200,7 +199,7 @@ def main(argv=None):
     p.add_argument("--out", default="runs/compare", help="directory for summary.json, summary.md and the plots")
     args = p.parse_args(argv)
     named = None
-    if any("=" in item for item in args.runs):
+    if any("=" in item and not os.path.isdir(item) for item in args.runs):  # runs/lr=1e-5 is a run
         try:
             named = [parse_group(item) for item in args.runs]
         except argparse.ArgumentTypeError as err:

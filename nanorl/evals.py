@@ -84,7 +84,7 @@ def score(problems: list[Problem], completions: list[list[str]], k: int | None =
         "pass@1": _mean(pass1), "pass@k": _mean(passk), "maj@k": _mean(majk), "k": k,
         "pass@1_by_difficulty": {str(d): _mean(v) for d, v in sorted(correct_by_diff.items())},
         "pass@1_by_format": {f: correct_by_format[f] / n for f, n in sorted(formats.items())},
-        "format_share": {f: formats[f] / total for f in (*verifier.FORMATS, verifier.NO_FORMAT)},
+        "format_share": {f: formats[f] / total for f in verifier.ALL_FORMATS},
         "n_eval": len(problems),
     }
 
@@ -157,9 +157,10 @@ def win_rate(model, reference, tokenizer, problems: list[Problem], *, temperatur
 
 def rollout_stats(batch, info) -> dict:
     """Reward, length, and format share / accuracy of one step's samples (an algos.Rollout; all ranks)."""
+    correct = batch.correct.tolist()
     counts = torch.tensor([[sum(f == fmt for f in batch.formats),
-                            sum(float(c) for f, c in zip(batch.formats, batch.correct) if f == fmt)]
-                           for fmt in (*verifier.FORMATS, verifier.NO_FORMAT)])
+                            sum(c for f, c in zip(batch.formats, correct) if f == fmt)]
+                           for fmt in verifier.ALL_FORMATS])
     sums = torch.tensor([batch.scores.sum().item(), (batch.scores ** 2).sum().item(), batch.correct.sum().item(),
                          batch.gen.mask.sum().item(), len(batch.scores)])
     counts, sums = runtime.all_reduce_sum(counts, info), runtime.all_reduce_sum(sums, info)
@@ -167,7 +168,7 @@ def rollout_stats(batch, info) -> dict:
     mean = sums[0].item() / n
     out = {"reward_mean": mean, "reward_std": max(sums[1].item() / n - mean ** 2, 0.0) ** 0.5,
            "train_acc": sums[2].item() / n, "response_len": sums[3].item() / n}
-    for fmt, (count, right) in zip((*verifier.FORMATS, verifier.NO_FORMAT), counts.tolist()):
+    for fmt, (count, right) in zip(verifier.ALL_FORMATS, counts.tolist()):
         out[f"share/{fmt}"] = count / n
         if count:
             out[f"acc/{fmt}"] = right / count
@@ -184,7 +185,7 @@ def eval_record(result: dict) -> dict:
 
 def write_plots(args, metrics: list[dict], before: dict, after: dict):
     """train_ppo.py's plots (args: its flags): format share over steps, held-out accuracy, pass@1 by difficulty."""
-    out, formats = args.out, (*verifier.FORMATS, verifier.NO_FORMAT)
+    out, formats = args.out, verifier.ALL_FORMATS
     # format share of the training samples at every step; offline algorithms sample nothing while
     # training, so for them the held-out samples
     source = "share/" if any("share/tinygsm" in m for m in metrics) else "eval/share/"

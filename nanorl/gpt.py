@@ -10,9 +10,9 @@ different lengths can be decoded together: each row counts its positions from it
 real token, and a boolean mask hides the padding. The KV cache holds the whole generation
 (allocated at once: static shapes, friendly to torch.compile and CUDA graphs; or grown in steps,
 see KVCache): every decode step attends over all its slots and the mask hides slots that are
-empty or padding. A decode
-step (one new token per row) takes `decode_attention`: two batched matrix products and an
-additive mask kept in the cache; the prompt and training take scaled_dot_product_attention.
+empty or padding. A decode step (one new token per row) takes `decode_attention`: two batched
+matrix products and an additive mask kept in the cache; the prompt and training take
+scaled_dot_product_attention.
 
 `hidden_states` exposes the final normalised hidden states for reward/value heads and probes.
 `flops_per_token` follows the PaLM appendix B estimate (6N + 12 L d T) used for MFU.

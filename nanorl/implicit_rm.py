@@ -19,7 +19,7 @@ gold reward of the simulated annotators:
     in distribution   the reward model's own held-out pairs (prefs_held_out.jsonl: the initial
                       policy's samples for test problems)
     shifted           pairs sampled in the same way (the --rm run's sampling, pairing and gold
-                      settings) from a later policy (--shift), the samples an RL run actually
+                      settings and difficulties) from a later policy (--shift), the samples an RL run actually
                       asks its reward to judge
 
 Groups of runs (seeds) give mean +- std (ddof=1). Writes OUT/implicit_rm.json and prints a table.
@@ -34,28 +34,35 @@ import torch
 from nanorl import rundir, runtime
 from nanorl.compare import cell, parse_group, stats
 from nanorl.engine import sequence_logprobs
-from nanorl.reward import evaluate_pairs, packed, read_preferences, sample_pairs
+from nanorl.reward import evaluate_pairs, packed, pair_rows, read_preferences, sample_pairs
 from nanorl.rl import sequence_logprob
-from nanorl.tasks import problem_set
+from nanorl.tasks import MAX_DIFFICULTY, problem_set
 
 
 @torch.no_grad()
-def implicit_rewards(policy, ref, responses, tokenizer, beta: float, per_token: bool = False,
-                     batch_size: int = 32) -> torch.Tensor:
-    """(N,) beta * (log pi - log pi_ref) of [(prompt, response) token lists]; per_token: divided by
-    each response's length (IPO's log-ratio)."""
+def log_likelihoods(model, responses, tokenizer, batch_size: int = 32) -> torch.Tensor:
+    """(N,) log pi(response | prompt) of [(prompt, response) token lists]."""
     out = []
     for i in range(0, len(responses), batch_size):
-        gen = packed(responses[i:i + batch_size], tokenizer, policy.rope_cos.device)
-        log_ratio = (sequence_logprob(sequence_logprobs(policy, gen), gen.mask) -
-                     sequence_logprob(sequence_logprobs(ref, gen), gen.mask))
-        out.append(beta * (log_ratio / gen.mask.sum(1) if per_token else log_ratio))
+        gen = packed(responses[i:i + batch_size], tokenizer, model.rope_cos.device)
+        out.append(sequence_logprob(sequence_logprobs(model, gen), gen.mask))
     return torch.cat(out)
 
 
-def implicit_accuracy(policy, ref, pairs, tokenizer, beta: float, per_token: bool = False) -> float:
-    rewards = implicit_rewards(policy, ref, [(p.prompt, p.chosen) for p in pairs] +
-                               [(p.prompt, p.rejected) for p in pairs], tokenizer, beta, per_token)
+def implicit_rewards(policy, ref_logps, responses, tokenizer, beta: float, per_token: bool = False,
+                     batch_size: int = 32) -> torch.Tensor:
+    """(N,) beta * (log pi - log pi_ref) of [(prompt, response) token lists], given the reference's
+    log_likelihoods; per_token: divided by each response's length (IPO's log-ratio)."""
+    log_ratio = log_likelihoods(policy, responses, tokenizer, batch_size) - ref_logps
+    if per_token:
+        log_ratio = log_ratio / torch.tensor([len(r) for _, r in responses], device=log_ratio.device)
+    return beta * log_ratio
+
+
+def implicit_accuracy(policy, ref_logps, pairs, tokenizer, beta: float, per_token: bool = False) -> float:
+    """Share of pairs whose chosen response gets the larger implicit reward; ref_logps: the
+    reference's log_likelihoods of pair_rows(pairs)."""
+    rewards = implicit_rewards(policy, ref_logps, pair_rows(pairs), tokenizer, beta, per_token)
     return (rewards[:len(pairs)] > rewards[len(pairs):]).float().mean().item()
 
 
@@ -70,7 +77,8 @@ def shifted_pairs(path: str, tokenizer, rm_args: dict, args, device):
     policy, shift_tokenizer, _ = rundir.load_policy(path, "--shift", device)
     if shift_tokenizer.to_json() != tokenizer.to_json():
         raise runtime.RunError(f"--shift {path} uses another tokenizer than --rm {args.rm}")
-    problems = problem_set("test", args.n_prompts, seed=args.seed)
+    difficulties = range(rm_args.get("min_difficulty", 1), rm_args.get("max_difficulty", MAX_DIFFICULTY) + 1)
+    problems = problem_set("test", args.n_prompts, seed=args.seed, difficulties=difficulties)
     sampling = SimpleNamespace(**{k: rm_args[k] for k in same},
                                max_new_tokens=args.max_new_tokens or rm_args["max_new_tokens"])
     pairs, _ = sample_pairs(policy, tokenizer, problems, sampling, 0.0, args.seed, device, torch.float32, "shifted pairs")
@@ -100,17 +108,19 @@ def main(argv=None):
     scoring = SimpleNamespace(batch_size=32)
     table = {"global RM": {name: stats([evaluate_pairs(rm, pairs, tokenizer, scoring, device, torch.float32)[0]])
                            for name, pairs in pair_sets.items()}}
-    refs = {}  # seeds of a group share their init: load it once
+    ref_logps = {}  # seeds of a group share their init: its log-likelihoods are computed once
     for name, paths in args.policy:
         accuracies = {set_name: [] for set_name in pair_sets}
         for path in paths:
             policy, _, config = rundir.load_policy(path, "--policy", device)
-            if config["init"] not in refs:
-                refs[config["init"]] = rundir.load_policy(config["init"], f"--policy {path}'s init", device)[0]
-            ref = refs[config["init"]]
+            if config["init"] not in ref_logps:
+                ref = rundir.load_policy(config["init"], f"--policy {path}'s init", device)[0]
+                ref_logps[config["init"]] = {set_name: log_likelihoods(ref, pair_rows(pairs), tokenizer)
+                                             for set_name, pairs in pair_sets.items()}
             beta, per_token = config["args"]["dpo_beta"], config["args"]["dpo_kind"] == "ipo"
             for set_name, pairs in pair_sets.items():
-                accuracies[set_name].append(implicit_accuracy(policy, ref, pairs, tokenizer, beta, per_token))
+                accuracies[set_name].append(implicit_accuracy(policy, ref_logps[config["init"]][set_name], pairs,
+                                                              tokenizer, beta, per_token))
         table[f"{name} (implicit)"] = {set_name: stats(values) for set_name, values in accuracies.items()}
     os.makedirs(args.out, exist_ok=True)
     runtime.write_json(os.path.join(args.out, "implicit_rm.json"),

@@ -307,10 +307,14 @@ def score_responses(model, responses, tokenizer, args, device, dtype) -> torch.T
     return torch.cat(scores)
 
 
+def pair_rows(pairs: list[Pair]) -> list[tuple[list[int], list[int]]]:
+    """The (prompt, response) rows of pairs: every chosen response, then every rejected one."""
+    return [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs]
+
+
 def evaluate_pairs(model, pairs, tokenizer, args, device, dtype):
     """Accuracy (vs the stored labels) and the (r_chosen, r_rejected) scores of all pairs."""
-    responses = [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs]
-    rewards = score_responses(model, responses, tokenizer, args, device, dtype)
+    rewards = score_responses(model, pair_rows(pairs), tokenizer, args, device, dtype)
     chosen, rejected = rewards[:len(pairs)], rewards[len(pairs):]
     return (chosen > rejected).float().mean().item(), chosen, rejected
 

@@ -52,6 +52,7 @@ from fractions import Fraction
 
 FORMATS = ("tinygsm", "omi1", "omi2", "gsm8k")
 NO_FORMAT = "none"
+ALL_FORMATS = (*FORMATS, NO_FORMAT)  # what a response's format can come out as
 
 MAX_CODE_CHARS = 4000    # longest code block / function we will look at
 MAX_STATEMENTS = 64      # statements per block or function body

@@ -10,7 +10,7 @@ import torch
 
 from conftest import run_script, sharp_gpt
 from nanorl import implicit_rm, rundir, runtime, tasks
-from nanorl.reward import (Pair, gold_reward, read_preferences, reference_pairs, target_format,
+from nanorl.reward import (Pair, gold_reward, pair_rows, read_preferences, reference_pairs, target_format,
                            write_preferences)
 from nanorl.runtime import DataError
 from train_ppo import step_problems
@@ -131,14 +131,17 @@ def test_implicit_rewards_match_a_naive_reference_and_vanish_for_the_reference_i
         ref.lm_head.weight.mul_(0.5)
     tokenizer = argparse.Namespace(eos_id=1, pad_id=0)
     responses = [([2, 3, 4], [5, 6, 1]), ([7, 8], [9, 10, 11, 12, 1]), ([2], [3])]
-    got = implicit_rm.implicit_rewards(policy, ref, responses, tokenizer, beta=0.3, batch_size=2)
+    ref_logps = implicit_rm.log_likelihoods(ref, responses, tokenizer, batch_size=2)
+    got = implicit_rm.implicit_rewards(policy, ref_logps, responses, tokenizer, beta=0.3, batch_size=2)
     want = [naive_implicit_reward(policy, ref, p, r, 0.3) for p, r in responses]
     assert got.tolist() == pytest.approx(want, abs=1e-4)
-    per_token = implicit_rm.implicit_rewards(policy, ref, responses, tokenizer, beta=0.3, per_token=True)
+    per_token = implicit_rm.implicit_rewards(policy, ref_logps, responses, tokenizer, beta=0.3, per_token=True)
     assert per_token.tolist() == pytest.approx([w / len(r) for w, (_, r) in zip(want, responses)], abs=1e-4)  # IPO
-    assert implicit_rm.implicit_rewards(policy, policy, responses, tokenizer, beta=0.3).abs().max() == 0.0
+    policy_logps = implicit_rm.log_likelihoods(policy, responses, tokenizer)
+    assert implicit_rm.implicit_rewards(policy, policy_logps, responses, tokenizer, beta=0.3).abs().max() == 0.0
     pairs = [Pair(p, r, r) for p, r in responses]
-    assert implicit_rm.implicit_accuracy(policy, ref, pairs, tokenizer, 0.3) == 0.0  # a tie is not a win
+    ref_pair_logps = implicit_rm.log_likelihoods(ref, pair_rows(pairs), tokenizer)
+    assert implicit_rm.implicit_accuracy(policy, ref_pair_logps, pairs, tokenizer, 0.3) == 0.0  # a tie is not a win
 
 
 def test_implicit_rm_cli_scores_both_reward_models(dpo_setup, tmp_path):
@@ -162,11 +165,12 @@ def test_shifted_pairs_are_sampled_as_the_reward_model_run_sampled_its_own(dpo_s
     rm, dpo = dpo_setup
     rm_args = json.loads((rm / "config.json").read_text())["args"]
     seen = {}
-    monkeypatch.setattr(implicit_rm, "sample_pairs", lambda *a: (seen.setdefault("settings", a[3]), None))
+    monkeypatch.setattr(implicit_rm, "sample_pairs", lambda *a: (seen.update(problems=a[2], settings=a[3]), None))
     tokenizer = rundir.load_tokenizer(str(rm), "--rm")
     args = argparse.Namespace(n_prompts=2, seed=0, max_new_tokens=None, rm=str(rm))
     implicit_rm.shifted_pairs(str(dpo), tokenizer, dict(rm_args, samples_per_prompt=3, gold="target"), args, "cpu")
     settings = vars(seen["settings"])
+    assert [p.difficulty for p in seen["problems"]] == [1, 1]  # the RM's one-step problems (--max-difficulty 1)
     assert settings["samples_per_prompt"] == 3 and settings["gold"] == "target"
     assert settings["max_new_tokens"] == rm_args["max_new_tokens"]
     assert all(settings[k] == rm_args[k] for k in ("pairs_per_prompt", "sample_batch", "temperature", "quality_coef"))

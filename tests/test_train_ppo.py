@@ -47,7 +47,7 @@ def test_every_algo_runs_and_reports(pretrained_run, tmp_path, prefs, algo):
     assert "eval/pass@1" in metrics[0] and "eval/pass@1" in metrics[-1]
     if algo in ("ppo", "grpo", "ei", "online_dpo"):
         assert 0.0 <= metrics[1]["reward_mean"] <= 1.0
-        assert abs(sum(metrics[1][f"share/{f}"] for f in (*verifier.FORMATS, verifier.NO_FORMAT)) - 1) < 1e-9
+        assert abs(sum(metrics[1][f"share/{f}"] for f in verifier.ALL_FORMATS) - 1) < 1e-9
     if algo == "ppo":
         assert {"vf_loss", "clipfrac", "approx_kl", "kl_ref", "entropy"} <= set(metrics[1])
     for png in ("format_share.png", "pass_at_k.png", "pass_at_1_by_difficulty.png"):
