@@ -110,6 +110,11 @@ def _cache_dtype(model: GPT) -> torch.dtype:
     return model.wte.weight.dtype
 
 
+def token_budget(model: GPT, prompts: list[list[int]], max_new_tokens: int) -> int:
+    """max_new_tokens, or less where the context leaves less room after the longest prompt."""
+    return min(max_new_tokens, model.config.block_size - max(map(len, prompts)))
+
+
 def _check_lengths(model: GPT, prompt_len: int, max_new_tokens: int):
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")

@@ -41,7 +41,7 @@ import torch
 
 from nanorl import rundir, runtime, verifier
 from nanorl.compare import cell, parse_group, stats
-from nanorl.engine import generate, pack, response_logits
+from nanorl.engine import generate, pack, response_logits, token_budget
 from nanorl.reward import reference_pairs
 from nanorl.tasks import MAX_DIFFICULTY, RENDERERS, problem_set
 
@@ -97,11 +97,6 @@ def teacher_forced(model, tokenizer, pairs) -> tuple[torch.Tensor, torch.Tensor,
     return errors & gen.mask, torch.where(gen.mask, nll, 0.0), gen.mask, forbidden.argmax(-1)
 
 
-def budget(model, prompts, max_new_tokens: int) -> int:
-    """max_new_tokens, or less where the context leaves less room after the longest prompt."""
-    return min(max_new_tokens, model.config.block_size - max(map(len, prompts)))
-
-
 def greedy(model, tokenizer, prompts, max_new_tokens, batch_size=64):
     """Greedy responses (token lists, EOS dropped) and whether each ended. Prompts are batched by
     length, and a batch gets at most what the context leaves after its longest prompt."""
@@ -110,7 +105,7 @@ def greedy(model, tokenizer, prompts, max_new_tokens, batch_size=64):
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
         batch = [prompts[i] for i in rows]
-        gen = generate(model, batch, budget(model, batch, max_new_tokens), eos_id=tokenizer.eos_id,
+        gen = generate(model, batch, token_budget(model, batch, max_new_tokens), eos_id=tokenizer.eos_id,
                        pad_id=tokenizer.pad_id, temperature=0.0)
         for i, r, e in zip(rows, gen.responses(), gen.ended.tolist()):
             responses[i], ended[i] = r, e
@@ -122,7 +117,7 @@ def sampled(model, tokenizer, prompts, max_new_tokens, k, temperature, seed, bat
     generator, out = torch.Generator(device=model.rope_cos.device).manual_seed(seed), []
     for i in range(0, len(prompts), batch_size):
         batch = prompts[i:i + batch_size]
-        gen = generate(model, batch, budget(model, batch, max_new_tokens), eos_id=tokenizer.eos_id,
+        gen = generate(model, batch, token_budget(model, batch, max_new_tokens), eos_id=tokenizer.eos_id,
                        pad_id=tokenizer.pad_id, n_samples=k, temperature=temperature, generator=generator)
         rows = gen.responses()
         out += [rows[j:j + k] for j in range(0, len(rows), k)]

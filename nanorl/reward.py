@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from nanorl import runtime, verifier
-from nanorl.engine import Generation, generate, pack, positions_of
+from nanorl.engine import Generation, generate, pack, positions_of, token_budget
 from nanorl.gpt import GPT, GPTConfig
 from nanorl.runtime import DataError, RunError, iter_jsonl
 from nanorl.tasks import RENDERERS, encode_prompts, render
@@ -264,7 +264,7 @@ def preference_pairs(gold: list[float], group_size: int, max_pairs: int, label_n
 def sample_responses(policy, tokenizer, problems, args, seed, device, dtype, desc):
     """K samples per problem from the policy: [(prompt, response) token lists], their gold rewards, and stats."""
     prompts = encode_prompts(tokenizer, [p.question for p in problems])
-    max_new = min(args.max_new_tokens, policy.config.block_size - max(len(p) for p in prompts))
+    max_new = token_budget(policy, prompts, args.max_new_tokens)
     if max_new < 1:
         raise RunError(f"prompts of up to {max(map(len, prompts))} tokens leave no room in block_size "
                        f"{policy.config.block_size}")

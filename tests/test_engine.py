@@ -5,7 +5,7 @@ import torch
 
 from nanorl import engine
 from nanorl.engine import (Generation, filter_logits, generate, left_pad, naive_generate, sample_next,
-                           sequence_logprobs)
+                           sequence_logprobs, token_budget)
 from conftest import sharp_gpt
 
 
@@ -165,6 +165,14 @@ def test_too_long_raises(model, sampler):
     sampler(model, [[1] * (block - 4)], 4, eos_id=-1, pad_id=PAD)  # exactly block_size fits
     with pytest.raises(ValueError, match="block_size"):
         sampler(model, [[1, 2], [1] * (block - 4)], 5, eos_id=-1, pad_id=PAD)
+
+
+def test_token_budget_is_what_the_longest_prompt_leaves(model):
+    block = model.config.block_size  # 64
+    assert token_budget(model, [[1] * 3, [1] * 10], 8) == 8
+    assert token_budget(model, [[1] * 3, [1] * 60], 8) == 4
+    assert token_budget(model, [[1] * 64], 8) == 0  # no room: generate refuses it
+    generate(model, [[1] * (block - 4)], token_budget(model, [[1] * (block - 4)], 8), eos_id=-1, pad_id=PAD)
 
 
 @pytest.mark.parametrize("prompts", [[], [[]], [[1, 2], []]])
