@@ -74,13 +74,14 @@ def parse_args(argv=None):
     p.add_argument("--n-head", type=positive_int, help="from scratch: attention heads")
     p.add_argument("--fail-below", type=non_negative_float, default=0.7,
                    help="flag an RL run whose mean both/neither reward ends below this")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--resume", action="store_true", help="continue --out, skipping the probes and runs it holds")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it already holds a run")
     args = p.parse_args(argv)
     runtime.apply_preset(args, PRESETS)
     args.targets = parse_targets(args.targets)
     args.evidence = parse_evidence(args.evidence)
+    runtime.check_heads(args.n_embd, args.n_head)
     if args.probe_n < 20:
         raise RunError(f"--probe-n {args.probe_n} is too small for the online code's blocks; use at least 20")
     return args
@@ -272,12 +273,7 @@ def plot_reward_vs_relative_mdl(path: str, result: dict, records: list[dict]):
 
 def resumed_records(args) -> list[dict]:
     """The records of an interrupted run, after checking it measured the same thing."""
-    saved = rundir.read_config(args.out, "--resume")["args"]
-    changed = [k for k, v in vars(args).items() if k not in ("out", "resume", "overwrite", "device")
-               and saved.get(k) != v]
-    if changed:
-        raise RunError(f"--resume: {args.out} was started with other settings ({', '.join(changed)}); "
-                       f"pass the same flags, or --overwrite")
+    rundir.check_resume(args.out, "mdl", args, {"out", "resume", "overwrite", "device"}, resume_file="runs.jsonl")
     return [record for _, record in runtime.iter_jsonl(os.path.join(args.out, "runs.jsonl"))]
 
 

@@ -73,9 +73,9 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=positive_int, help="pairs (and view pairs) per step")
     p.add_argument("--sample-batch", type=positive_int, help="problems per sampling call")
     p.add_argument("--lr", type=positive_float, default=1e-4, help="AdamW learning rate")
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
-    p.add_argument("--dtype", default="auto", help="auto | fp32 | bf16 | fp16")
+    p.add_argument("--seed", type=int, default=1337, help="seed for prompts, sampling, pairs and training")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--dtype", default="auto", help="auto | fp32 | bf16 (autocast)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it already holds a run")
     args = p.parse_args(argv)
     runtime.apply_preset(args, PRESETS)
@@ -197,6 +197,10 @@ def main(argv=None):
     test_problems = problem_set("test", args.n_eval_prompts, seed=args.seed)
     eval_sets = {name: sample_pairs(m, tokenizer, test_problems, args, 0.0, args.seed + 1, device, dtype,
                                     f"gold pairs ({name})")[0] for name, m in (("init_policy", init), ("rl_policy", policy))}
+    for name, pairs in eval_sets.items():
+        if not pairs:
+            raise RunError(f"no held-out pairs from the {name}: all its samples of each prompt got the same gold "
+                           f"reward; raise --n-eval-prompts, --samples-per-prompt, --temperature or --quality-coef")
     before = pair_accuracies(rm, eval_sets, tokenizer, args, device, dtype)
     synthetic, spg_stats = spg_pairs(rm, responses, gold, tokenizer, args, device, dtype)
     print0(f"SPG: {spg_stats['n_synthetic_pairs']} of {args.n_prompts} prompts pass gamma {args.gamma} | synthetic "

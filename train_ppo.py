@@ -72,7 +72,7 @@ def parse_args(argv=None):
     p.add_argument("--max-steps", type=positive_int, help="policy updates (EI: rounds)")
     p.add_argument("--prompts-per-step", type=positive_int, help="prompts per rollout (over all ranks)")
     p.add_argument("--samples", type=positive_int, help="responses per prompt (GRPO group size, EI k, online DPO K)")
-    p.add_argument("--temperature", type=positive_float, default=0.7, help="sampling temperature of rollouts")
+    p.add_argument("--temperature", type=positive_float, default=0.7, help="sampling temperature of rollouts (EI samples at 1.0)")
     p.add_argument("--lr", type=positive_float, help="AdamW learning rate")
     p.add_argument("--kl-coef", type=non_negative_float, default=None,
                    help="beta: KL-to-reference coefficient (k1 in PPO's reward, k3 in GRPO's loss); default 0 with "
@@ -123,10 +123,13 @@ def parse_args(argv=None):
         p.error("--reward rm needs --rm DIR (a train_rm.py run directory)")
     if args.rm and args.reward != "rm":
         p.error("--rm is read only with --reward rm; add --reward rm, or drop --rm")
+    if args.algo == "ei" and args.reward == "rm":
+        p.error("--algo ei keeps the samples the verifier marks correct; it has no use for --reward rm")
     if args.prefs and args.algo not in ("dpo", "sft"):
         p.error(f"--prefs is read only by --algo dpo and sft, not {args.algo}")
-    if args.sft_format and (args.algo != "sft" or args.prefs):
-        p.error("--sft-format is the data of --algo sft, without --prefs")
+    if args.sft_format and (args.algo != "sft" or args.prefs or args.prompts):
+        p.error("--sft-format renders the synthetic world's reference solutions: it is the data of --algo sft, "
+                "without --prefs or --prompts")
     offline_data = args.prefs or args.sft_format
     if args.samples < 2 and (args.algo in ("grpo", "online_dpo") or args.algo in ("dpo", "sft") and not offline_data):
         p.error(f"--samples {args.samples}: --algo {args.algo} compares the responses to each prompt (GRPO's group "
@@ -360,7 +363,10 @@ def start_run(args, trainer, info, device, dtype):
     """Make --out (rank 0 writes), then resume the run there or evaluate the initial policy.
     Returns (first step, held-out results before training, metrics log)."""
     if info.is_main:
-        rundir.prepare_out(args.out, [args.init, args.rm], args.resume, args.overwrite)
+        rundir.prepare_out(args.out, [args.init, args.rm, args.prompts, args.prefs], args.resume, args.overwrite)
+        if args.resume:
+            rundir.check_resume(args.out, "policy", args, rundir.RESUME_MAY_CHANGE | {"ckpt_every"},
+                                world_size=info.world_size)
     runtime.barrier(info)
     log = runtime.MetricsLog(os.path.join(args.out, "metrics.jsonl"), info.is_main, truncate=not args.resume)
     if args.resume:

@@ -30,8 +30,8 @@ from nanorl import data, evals, rundir, runtime
 from nanorl.gpt import GPT, GPTConfig
 from nanorl.runtime import (RunError, non_negative_float, non_negative_int, positive_float, positive_int,
                             print0)
-from nanorl.tasks import problem_set
-from nanorl.tokenizer import Tokenizer
+from nanorl.tasks import encode_prompts, problem_set
+from nanorl.tokenizer import MIN_VOCAB, Tokenizer
 
 PRESETS = {
     # ~0.9M parameters; about 7 minutes on a 2-core CPU, evaluation included
@@ -93,7 +93,16 @@ def parse_args(argv=None):
                    help="save a checkpoint and exit after this step, as Ctrl-C would (for time-sliced jobs)")
     args = p.parse_args(argv)
     runtime.apply_preset(args, PRESETS)
+    runtime.check_heads(args.n_embd, args.n_head)
+    if not MIN_VOCAB <= args.vocab_size < 2 ** 16:
+        raise RunError(f"--vocab-size {args.vocab_size} must be at least {MIN_VOCAB} (3 special tokens and 256 "
+                       f"bytes) and below 65536 (the token files hold uint16)")
     return args
+
+
+# flags a --resume may change: they touch neither the training nor its metrics, only the final evaluation
+RESUME_MAY_CHANGE = rundir.RESUME_MAY_CHANGE | {"compile", "ckpt_every", "n_eval", "eval_samples", "eval_temperature",
+                                                "max_new_tokens"}
 
 
 def lr_at(step: int, args) -> float:
@@ -118,6 +127,19 @@ def prepare_data(args, docs, info):
     if not info.is_main:
         tokens = data.build_token_cache(docs, tokenizer, os.path.join(args.out, "data"), seed=args.seed)
     return tokenizer, tokens
+
+
+def check_evaluable(args, tokenizer, tokens):
+    """Fail before training, not after it, where the evaluations could not run."""
+    if not any(len(val) > args.block_size for val in tokens.val.values()):
+        raise RunError(f"no source has more than --block-size {args.block_size} validation tokens to measure the "
+                       f"loss on; raise --docs-per-source or lower --block-size")
+    problems = problem_set("test", args.n_eval, seed=args.seed)
+    longest = max(map(len, encode_prompts(tokenizer, [p.question for p in problems])))
+    if longest + args.max_new_tokens > args.block_size:
+        raise RunError(f"--max-new-tokens {args.max_new_tokens} does not fit: held-out prompts take up to {longest} "
+                       f"of the {args.block_size} tokens of --block-size; use --max-new-tokens "
+                       f"{args.block_size - longest} or less")
 
 
 @torch.no_grad()
@@ -155,10 +177,7 @@ def train(args, info, device, dtype, tokenizer, tokens, config):
     data_gen = torch.Generator().manual_seed(args.seed * 1000 + info.rank)
     start, log = 0, runtime.MetricsLog(os.path.join(args.out, "metrics.jsonl"), info.is_main, not args.resume)
     if args.resume:
-        ckpt = runtime.load_checkpoint(os.path.join(args.out, "ckpt.pt"), device)
-        if ckpt["config"]["model"] != config["model"]:
-            raise RunError(f"{args.out}/ckpt.pt was trained with model {ckpt['config']['model']}, "
-                           f"not {config['model']}; pass the same flags or a new --out")
+        ckpt = runtime.load_checkpoint(os.path.join(args.out, "ckpt.pt"), device)  # flags checked in main
         raw_model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start = ckpt["step"]
@@ -174,12 +193,11 @@ def train(args, info, device, dtype, tokenizer, tokens, config):
     flops_per_step = raw_model.flops_per_token(args.block_size) * tokens_per_step
     print0(f"model: {raw_model.num_params() / 1e6:.2f}M parameters | measured peak {peak / 1e9:.1f} GFLOP/s", info=info)
 
-    step = start
     bar = tqdm(range(start, args.max_steps), initial=start, total=args.max_steps, disable=not info.is_main,
                desc="pretrain", dynamic_ncols=True)
-    try:
+    with runtime.CtrlC() as ctrl_c:  # Ctrl-C stops between two steps: the checkpoint holds whole steps
         for step in bar:
-            t0, step_start_gen = time.perf_counter(), data_gen.get_state()
+            t0 = time.perf_counter()
             lr = lr_at(step, args)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -207,16 +225,15 @@ def train(args, info, device, dtype, tokenizer, tokens, config):
             bar.set_postfix(loss=f"{loss_avg:.3f}")
             if (step + 1) % args.log_every == 0 or "val/" in " ".join(record):
                 bar.write(runtime.format_line(record)) if info.is_main else None
-            if (step + 1) % args.ckpt_every == 0 or step + 1 == args.stop_after:
+            stop = ctrl_c.requested(info, device)
+            if (step + 1) % args.ckpt_every == 0 or step + 1 == args.stop_after or stop:
                 save_state(args, raw_model, optimizer, step + 1, data_gen, info, config)
+            if stop:
+                print0(f"interrupted: saved {args.out}/ckpt.pt at step {step + 1}; continue with --resume", info=info)
+                sys.exit(130)
             if step + 1 == args.stop_after:
                 print0(f"stopped after step {step + 1} (--stop-after); continue with --resume", info=info)
                 sys.exit(0)
-    except KeyboardInterrupt:
-        data_gen.set_state(step_start_gen)  # the interrupted step is redone from its first batch
-        save_state(args, raw_model, optimizer, step, data_gen, info, config)
-        print0(f"\ninterrupted: saved {args.out}/ckpt.pt at step {step}; continue with --resume", info=info)
-        sys.exit(130)
     save_state(args, raw_model, optimizer, args.max_steps, data_gen, info, config)
     return raw_model
 
@@ -255,9 +272,12 @@ def main(argv=None):
     docs = data.load_documents(data.parse_mixture(args.mixture), args.docs_per_source, args.seed)  # inputs first
     if info.is_main:
         rundir.prepare_out(args.out, [], args.resume, args.overwrite)
+        if args.resume:
+            rundir.check_resume(args.out, "pretrain", args, RESUME_MAY_CHANGE, world_size=info.world_size)
     runtime.barrier(info)
     print0(f"device {device} x{info.world_size} | dtype {str(dtype).replace('torch.', '')} ({why})", info=info)
     tokenizer, tokens = prepare_data(args, docs, info)
+    check_evaluable(args, tokenizer, tokens)
     meta = tokens.meta
     print0(f"corpus: {len(tokens.train):,} train tokens | vocab {tokenizer.vocab_size}", info=info)
     model_cfg = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=args.block_size, n_layer=args.n_layer,

@@ -72,7 +72,6 @@ PRESETS = {
                  epochs=1, batch_size=4, lr=1e-3, warmup_steps=1, sample_batch=8, eval_every=0),
 }
 # flags that --resume may change: they do not change what the run computes
-RESUME_MAY_CHANGE = {"out", "resume", "overwrite", "stop_after", "log_every", "device", "dtype"}
 
 
 def parse_args(argv=None):
@@ -81,7 +80,8 @@ def parse_args(argv=None):
     p.add_argument("--preset", default="tiny", choices=PRESETS, help="named size; other flags override it")
     p.add_argument("--init", default="runs/pretrain", help="pretrained run directory: backbone and sampling policy")
     p.add_argument("--out", default="runs/rm", help="run directory to write")
-    p.add_argument("--prefs", default=None, help="JSONL file of {prompt, chosen, rejected} texts instead of sampling")
+    p.add_argument("--prefs", default=None, help="JSONL file of {prompt, chosen, rejected} texts instead of sampling (end each prompt "
+                        "with a blank line, as the policy's prompts do)")
     p.add_argument("--val-fraction", type=non_negative_float, default=0.1,
                    help="with --prefs: share of the distinct prompts held out, each with all its pairs")
     p.add_argument("--shift-init", default=None, help="another policy's run directory: also report held-out "
@@ -261,14 +261,9 @@ def start_run(args, policy, prefs, tokenizer, config, device, dtype) -> Run:
 
 def resume_run(args, policy, config, device) -> Run:
     """The run in --out/ckpt.pt, after checking that it was started with the same flags and --init model."""
-    rundir.check_run(args.out, "--out", ("rm",), files=("ckpt.pt",))
+    rundir.check_resume(args.out, "rm", args)
     path = os.path.join(args.out, "ckpt.pt")
     ckpt = runtime.load_checkpoint(path, device)
-    changed = sorted(k for k, v in ckpt["config"]["args"].items()
-                     if k not in RESUME_MAY_CHANGE and config["args"].get(k) != v)
-    if changed:
-        was = ", ".join(f"--{k.replace('_', '-')} {ckpt['config']['args'][k]}" for k in changed)
-        raise RunError(f"{path} was started with {was}; pass the same flags to --resume, or --overwrite to start again")
     if ckpt["config"]["model"] != config["model"]:
         raise RunError(f"{path} was started from another model than --init {args.init} now holds; "
                        f"pass --overwrite to start again")
@@ -368,7 +363,8 @@ def load_shifted_policy(args, tokenizer, device):
 
 def shifted_accuracy(model, shifted_policy, tokenizer, args, device, dtype) -> dict:
     """Held-out accuracy on pairs sampled from the --shift-init policy (the distribution shift)."""
-    problems = problem_set("test", args.n_eval_prompts, seed=args.seed)
+    difficulties = range(args.min_difficulty, args.max_difficulty + 1)  # those of the in-distribution pairs
+    problems = problem_set("test", args.n_eval_prompts, args.seed, difficulties)
     shifted, stats = sample_pairs(shifted_policy, tokenizer, problems, args, 0.0, args.seed + 2, device, dtype,
                                   "sample shifted")
     if not shifted:

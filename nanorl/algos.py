@@ -103,8 +103,11 @@ def _values(value_model, gen: Generation) -> torch.Tensor:
 
 
 def _step(optimizer, params, grad_clip) -> float:
-    """Clip, step, zero; returns the gradient norm before clipping."""
+    """Clip, step, zero; returns the gradient norm before clipping. A NaN or infinite gradient stops
+    the run before it reaches the weights (the next rollout would fail far from the cause)."""
     norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+    if not torch.isfinite(norm):
+        raise RunError(f"the update's gradient norm is {float(norm)}: training diverged; lower --lr")
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return float(norm)
@@ -225,16 +228,22 @@ def sft_step(policy, optimizer, gen: Generation, cfg: RLConfig) -> dict:
 
 
 def dpo_step(policy, ref, optimizer, chosen: Generation, rejected: Generation, cfg: RLConfig) -> dict:
-    """DPO on (chosen, rejected) rows: sequence log-probabilities are sums over response tokens."""
+    """DPO on (chosen, rejected) rows: sequence log-probabilities are sums over response tokens.
+    Pairs go through in micro-batches of cfg.micro_batch; the loss is a mean over pairs, so each
+    micro-batch weighs by its share of them and the gradient is the whole batch's."""
     def logps(model, gen):
         return rl.sequence_logprob(sequence_logprobs(model, gen, 1.0), gen.mask)
-    with torch.no_grad():
-        ref_c, ref_r = logps(ref, chosen), logps(ref, rejected)
-    loss, stats = rl.dpo_loss(logps(policy, chosen), logps(policy, rejected), ref_c, ref_r, cfg.dpo_beta,
-                              cfg.dpo_kind, chosen.mask.sum(1), rejected.mask.sum(1))
-    loss.backward()
+    n_pairs, records = len(chosen.ended), []
+    for micro in torch.arange(n_pairs).split(cfg.micro_batch):
+        c, r, share = chosen[micro], rejected[micro], len(micro) / n_pairs
+        with torch.no_grad():
+            ref_c, ref_r = logps(ref, c), logps(ref, r)
+        loss, stats = rl.dpo_loss(logps(policy, c), logps(policy, r), ref_c, ref_r, cfg.dpo_beta, cfg.dpo_kind,
+                                  c.mask.sum(1), r.mask.sum(1))
+        (loss * share).backward()
+        records.append({k: v * share for k, v in {"dpo_loss": loss.item(), **stats}.items()})
     params = [p for p in policy.parameters() if p.requires_grad]
-    return {"dpo_loss": loss.item(), **stats, "grad_norm": _step(optimizer, params, cfg.grad_clip)}
+    return {k: sum(r[k] for r in records) for k in records[0]} | {"grad_norm": _step(optimizer, params, cfg.grad_clip)}
 
 
 def preference_pairs(batch: Rollout) -> tuple[Generation, Generation] | None:

@@ -82,6 +82,9 @@ def shifted_pairs(path: str, tokenizer, rm_args: dict, args, device):
     sampling = SimpleNamespace(**{k: rm_args[k] for k in same},
                                max_new_tokens=args.max_new_tokens or rm_args["max_new_tokens"])
     pairs, _ = sample_pairs(policy, tokenizer, problems, sampling, 0.0, args.seed, device, torch.float32, "shifted pairs")
+    if not pairs:
+        raise runtime.RunError(f"--shift {path}: no pairs, as all its samples of each prompt got the same gold "
+                               f"reward; raise --n-prompts")
     return pairs
 
 

@@ -17,7 +17,9 @@ what its script writes besides (metrics.jsonl, eval.json, plots, ckpt.pt). The k
    holds one), and an --out that already holds a run unless --resume (continue it) or
    --overwrite (replace it) says so. Scripts call it after every input has been validated, so a
    bad input never touches --out; files inside are written atomically (runtime.write_json,
-   runtime.save_checkpoint).
+   runtime.save_checkpoint). --overwrite never removes a folder that holds other runs or the
+   working directory, and --resume first checks (`check_resume`) that --out is a run of the same
+   kind, started with the same flags.
 """
 
 import os
@@ -147,6 +149,27 @@ def write_config(path: str, config: dict, kind: str):
     runtime.write_json(os.path.join(path, "config.json"), {**config, "kind": kind, "format": FORMAT})
 
 
+RESUME_MAY_CHANGE = {"out", "resume", "overwrite", "stop_after", "log_every", "device", "dtype"}
+
+
+def check_resume(out: str, kind: str, args, may_change=RESUME_MAY_CHANGE, resume_file: str = "ckpt.pt",
+                 world_size: int | None = None) -> dict:
+    """The config of the run that --resume continues, after checking it is a `kind` run holding
+    `resume_file`, started with the flags `args` has now (except those in `may_change`) and, where
+    given, on `world_size` processes (each rank resumes its own saved state)."""
+    config = check_run(out, "--out", (kind,), files=(resume_file,))
+    if world_size is not None and config.get("world_size", 1) != world_size:
+        raise RunError(f"--resume: {out} ran on {config.get('world_size', 1)} processes, not {world_size}; "
+                       f"resume it on as many")
+    saved, now = config.get("args", {}), vars(args)
+    changed = sorted(k for k in saved if k not in may_change and now.get(k) != saved[k])
+    if changed:
+        was = ", ".join(f"--{k.replace('_', '-')} {saved[k]}" for k in changed)
+        raise RunError(f"--resume: {out} was started with {was}; pass the same flags to resume it, or --overwrite "
+                       f"to start again")
+    return config
+
+
 def _inside(inner: str, outer: str) -> bool:
     inner, outer = os.path.realpath(inner), os.path.realpath(outer)
     return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
@@ -169,8 +192,19 @@ def prepare_out(out: str, inputs: list[str | None], resume: bool = False, overwr
         if not overwrite:
             raise RunError(f"--out {out} already holds a run; pass --resume to continue it, --overwrite to "
                            f"replace it, or pick a new --out")
+        _check_removable(out)
         shutil.rmtree(out)
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as err:
         raise RunError(f"--out {out} cannot be created ({err.strerror}); pick a writable path") from None
+
+
+def _check_removable(out: str):
+    """--overwrite replaces one run's directory: never the working directory or a folder of runs."""
+    if _inside(os.getcwd(), out):
+        raise RunError(f"--overwrite would delete {out}, which holds the working directory; pick a new --out")
+    for folder, _, files in os.walk(out):
+        if folder != out and "config.json" in files:
+            raise RunError(f"--overwrite would delete {out}, which holds the run directory {folder}; give the "
+                           f"run's own directory as --out, or pick a new one")

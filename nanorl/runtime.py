@@ -3,7 +3,7 @@ dtype, seeding, torchrun/DDP, checkpoints, JSON files, logs and plots (run direc
 
 - Device: auto picks cuda > mps > cpu. Dtype: bf16 autocast on CUDA; fp32 on CPU, because
   on CPUs without native bf16 matmuls autocast is many times slower (measure with
-  `python -m nanorl.bench --dtype bf16`), and fp16 on CPU is slower still.
+  `python -m nanorl.bench --dtype bf16`). fp16 is not offered: it would need loss scaling.
 - Distributed: the same script runs under `python` and `torchrun --nproc_per_node=N`;
   torchrun's RANK / WORLD_SIZE / LOCAL_RANK select DDP, with gloo on CPU and nccl on CUDA.
 - Checkpoints are written to a temporary file and renamed into place (atomic on POSIX), so a
@@ -112,6 +112,13 @@ def non_negative_float(text: str) -> float:
     return _flag_value(text, float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
 
 
+def check_heads(n_embd: int, n_head: int):
+    """--n-embd must split into --n-head heads of an even size: rotary embeddings rotate pairs."""
+    if n_embd % n_head or n_embd // n_head % 2:
+        raise RunError(f"--n-embd {n_embd} does not split into --n-head {n_head} heads of an even size; "
+                       f"e.g. --n-embd {n_head * 2 * max(1, round(n_embd / n_head / 2))}")
+
+
 class DataError(RunError, ValueError):
     """A bad input file or data spec; the message names what and where (file and line)."""
 
@@ -146,7 +153,9 @@ def iter_jsonl(path: str):
 # ----------------------------------------------------------------------------- device
 
 def pick_device(name: str = "auto") -> str:
+    """`name` after checking this machine has it; "auto" picks cuda, then mps, then cpu."""
     if name != "auto":
+        check_device(name)
         return name
     if torch.cuda.is_available():
         return "cuda"
@@ -155,9 +164,23 @@ def pick_device(name: str = "auto") -> str:
     return "cpu"
 
 
+def check_device(name: str):
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise RunError(f"--device {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise RunError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA devices that torch can "
+                       f"use; use auto or cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise RunError(f"--device {name}: MPS is not available here; use auto or cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise RunError(f"--device {name}: nanorl runs on cpu, cuda or mps")
+
+
 def pick_dtype(device: str, name: str = "auto") -> tuple[torch.dtype, str]:
     """The compute dtype and the reason for it (printed at start)."""
-    table = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    table = {"fp32": torch.float32, "bf16": torch.bfloat16}
     if name != "auto":
         if name not in table:
             raise RunError(f"--dtype must be one of auto, {', '.join(table)}; got {name!r}")

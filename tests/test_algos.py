@@ -15,6 +15,7 @@ from conftest import sharp_gpt
 from nanorl import algos, rl
 from nanorl.engine import generate, pack
 from nanorl.reward import ScalarModel, value_model
+from nanorl.runtime import RunError
 
 EOS, PAD = 2, 0
 PROMPTS = [[1, 5, 6], [1, 7], [1, 8, 9, 10], [1, 11]]
@@ -167,6 +168,40 @@ def test_sft_step_is_independent_of_micro_batch(model):
         grads.append(opt.grads[0])
     assert losses[0] == pytest.approx(losses[1], rel=1e-6) == pytest.approx(losses[2], rel=1e-6)
     assert grads_close(grads[0], grads[1]) and grads_close(grads[0], grads[2])
+
+
+def test_dpo_step_is_independent_of_micro_batch(model):
+    prompts = [[1, 5], [1, 6, 7], [1, 8]]
+    chosen = pack(prompts, [[3, 4, EOS], [5, EOS], [6, 7, 8, EOS]], eos_id=EOS, pad_id=PAD)
+    rejected = pack(prompts, [[9, EOS], [10, 11, 12, 13, EOS], [14]], eos_id=EOS, pad_id=PAD)
+    moved = copy.deepcopy(model)
+    torch.manual_seed(0)
+    for p in moved.parameters():  # the policy has moved away from the reference: the pairs' ratios differ
+        p.data.add_(0.02 * torch.randn_like(p))
+    stats, grads = [], []
+    for micro in (3, 2, 1):
+        policy, rows = copy.deepcopy(moved), []
+        policy.register_forward_pre_hook(lambda module, args: rows.append(len(args[0])))
+        opt = RecordingOptimizer(policy.parameters())
+        stats.append(algos.dpo_step(policy, model, opt, chosen, rejected, algos.RLConfig(grad_clip=0, micro_batch=micro)))
+        grads.append(opt.grads[0])
+        assert max(rows) == micro and sum(rows) == 6  # --micro-batch rows per forward, chosen and rejected apart
+    assert stats[0]["margin"] != 0
+    for key in ("dpo_loss", "reward_accuracy", "margin"):
+        assert stats[0][key] == pytest.approx(stats[1][key], rel=1e-5) == pytest.approx(stats[2][key], rel=1e-5)
+    assert sum(g.norm() for g in grads[0]) > 1e-4
+    assert grads_close(grads[0], grads[1]) and grads_close(grads[0], grads[2])
+
+
+def test_a_diverged_update_stops_before_it_reaches_the_weights(model):
+    prompts, responses = [[1, 5], [1, 6, 7]], [[3, 4, EOS], [5, EOS]]
+    policy = copy.deepcopy(model)
+    policy.blocks[0].mlp.fc.weight.data[0, 0] = float("nan")  # as if the last step had diverged
+    before = [p.detach().clone() for p in policy.parameters()]
+    with pytest.raises(RunError, match="gradient norm is nan: training diverged; lower --lr"):
+        algos.sft_step(policy, torch.optim.SGD(policy.parameters(), lr=0.1), pack(prompts, responses, eos_id=EOS,
+                                                                                 pad_id=PAD), algos.RLConfig())
+    assert all(torch.equal(a.nan_to_num(), b.nan_to_num()) for a, b in zip(before, policy.parameters()))  # no step
 
 
 class CountingModel(torch.nn.Module):

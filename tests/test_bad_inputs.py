@@ -25,6 +25,8 @@ def world(tmp_path_factory, pretrained_run):
         shutil.copytree(pre, root / name, ignore=shutil.ignore_patterns("data", "ckpt.pt"))
     edit_config(root / "rm", kind="rm")
     edit_config(root / "policy", kind="policy")
+    shutil.copytree(root / "policy", root / "policy_ckpt")
+    (root / "policy_ckpt" / "ckpt.pt").write_bytes((pre / "ckpt.pt").read_bytes())
     shutil.copytree(root / "rm", root / "rm_no_pairs")  # a loadable reward model without train_rm's ckpt.pt
     gpt, _, _ = rundir.load_policy(str(pre))
     runtime.save_checkpoint(str(root / "rm_no_pairs" / "model.pt"), ScalarModel.from_gpt(gpt).state_dict())
@@ -85,6 +87,22 @@ CASES = {  # name: (argv with {world paths}; --out defaults to a new directory, 
     "pretrain: mixture file missing": (PRE + ["--mixture", "omi2={root}/nope.jsonl:1"], "nope.jsonl"),
     "pretrain: --max-new-tokens beyond context": (PRE + ["--max-new-tokens", "300"], "--max-new-tokens"),
     "pretrain: --batch-size 0": (PRE + ["--batch-size", "0"], "--batch-size"),
+    "pretrain: --device unknown": (PRE + ["--device", "gpu"], "--device 'gpu' is not a device"),
+    "pretrain: --device absent": (PRE + ["--device", "cuda:99"], "--device cuda:99: this machine has"),
+    "pretrain: heads of an odd size": (PRE + ["--n-embd", "60", "--n-head", "4"], "--n-embd 60 does not split"),
+    "pretrain: --vocab-size below the bytes": (PRE + ["--vocab-size", "200"], "--vocab-size 200 must be at least"),
+    "pretrain: prompt + --max-new-tokens beyond context": (PRE + ["--block-size", "64", "--max-new-tokens", "60"],
+                                                           "--max-new-tokens 60 does not fit"),
+    "pretrain: no validation window": (PRE + ["--block-size", "4096"], "validation tokens"),
+    "pretrain: --overwrite a folder of runs": (PRE + ["--out", "{root}", "--overwrite"], "which holds the run directory"),
+    "pretrain: --resume a policy run": (PRE + ["--out", "{policy_ckpt}", "--resume"], "--out needs a pretraining run"),
+    "pretrain: --resume with other flags": (PRE + ["--out", "{pre}", "--resume", "--lr", "0.5"], "started with --lr 0.001"),
+    "ppo: --resume a pretraining run": (PPO + ["--init", "{policy}", "--out", "{pre}", "--resume"],
+                                        "--out needs a fine-tuned policy run"),
+    "ppo: --sft-format with --prompts": (PPO + ["--init", "{pre}", "--algo", "sft", "--sft-format", "tinygsm",
+                                                "--prompts", "{long_jsonl}"], "--sft-format"),
+    "ppo: --algo ei with --reward rm": (PPO + ["--init", "{pre}", "--algo", "ei", "--reward", "rm", "--rm", "{rm}"],
+                                        "--algo ei"),
     "mdl: --out is --init": (MDL + ["--init", "{pre}", "--out", "{pre}"], "overlaps the input run"),
     "mdl: --out holds a run": (MDL + ["--out", "{existing}"], "--overwrite"),
     "mdl: --init is a reward model": (MDL + ["--init", "{rm}"], "is a reward-model run (kind rm)"),

@@ -165,7 +165,7 @@ def test_shifted_pairs_are_sampled_as_the_reward_model_run_sampled_its_own(dpo_s
     rm, dpo = dpo_setup
     rm_args = json.loads((rm / "config.json").read_text())["args"]
     seen = {}
-    monkeypatch.setattr(implicit_rm, "sample_pairs", lambda *a: (seen.update(problems=a[2], settings=a[3]), None))
+    monkeypatch.setattr(implicit_rm, "sample_pairs", lambda *a: seen.update(problems=a[2], settings=a[3]) or (["pair"], {}))
     tokenizer = rundir.load_tokenizer(str(rm), "--rm")
     args = argparse.Namespace(n_prompts=2, seed=0, max_new_tokens=None, rm=str(rm))
     implicit_rm.shifted_pairs(str(dpo), tokenizer, dict(rm_args, samples_per_prompt=3, gold="target"), args, "cpu")
@@ -177,6 +177,9 @@ def test_shifted_pairs_are_sampled_as_the_reward_model_run_sampled_its_own(dpo_s
     older = {k: v for k, v in rm_args.items() if k != "gold"}
     with pytest.raises(runtime.RunError, match="does not record gold"):
         implicit_rm.shifted_pairs(str(dpo), tokenizer, older, args, "cpu")
+    monkeypatch.setattr(implicit_rm, "sample_pairs", lambda *a: ([], {}))  # every sample of a prompt tied
+    with pytest.raises(runtime.RunError, match="no pairs, as all its samples of each prompt got the same gold"):
+        implicit_rm.shifted_pairs(str(dpo), tokenizer, rm_args, args, "cpu")
 
 
 def test_offline_pairs_are_visited_in_an_order_the_seed_chooses():

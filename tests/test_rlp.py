@@ -141,3 +141,12 @@ def test_rlp_writes_a_reward_model_that_train_ppo_accepts(rlp_inputs, tmp_path):
     for side in ("before", "after"):
         assert {"win_rate", "win_rate_stderr", "gold_reward"} <= set(evaluation[side])
     assert evaluation["before"]["win_rate"] == 0.5  # the initial policy against itself, same draws
+
+
+def test_rlp_without_held_out_pairs_is_one_clear_error(rlp_inputs, tmp_path):
+    """--quality-coef 0 and a policy that is never right: every sample of a prompt earns gold 0."""
+    pre, rm, ppo = rlp_inputs
+    proc = run_script("rlp.py", "--preset", "test", "--init", pre, "--rm", rm, "--policy", ppo, "--out",
+                      str(tmp_path / "out"), "--quality-coef", "0", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: no held-out pairs from the init_policy")

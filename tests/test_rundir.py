@@ -76,6 +76,37 @@ def test_prepare_out_rules(tmp_path):
     assert (tmp_path / "new" / "deeper").is_dir()
 
 
+def test_overwrite_never_deletes_a_folder_of_runs_or_the_working_directory(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    (runs / "a").mkdir(parents=True)
+    (runs / "a" / "config.json").write_text("{}")
+    with pytest.raises(RunError, match=r"which holds the run directory .*runs/a"):
+        rundir.prepare_out(str(runs), [], overwrite=True)
+    monkeypatch.chdir(runs / "a")
+    with pytest.raises(RunError, match="holds the working directory"):
+        rundir.prepare_out(str(runs / "a"), [], overwrite=True)
+    assert (runs / "a" / "config.json").read_text() == "{}"
+    monkeypatch.chdir(tmp_path)
+    rundir.prepare_out(str(runs / "a"), [], overwrite=True)  # one run's own directory: replaced
+    assert not any((runs / "a").iterdir())
+
+
+def test_resume_checks_kind_flags_and_world_size(tmp_path):
+    from types import SimpleNamespace
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "ckpt.pt").write_text("state")
+    rundir.write_config(str(run), {"args": {"lr": 0.1, "seed": 1, "log_every": 5}, "world_size": 2}, "policy")
+    args = SimpleNamespace(lr=0.1, seed=1, log_every=1)  # --log-every may change
+    assert rundir.check_resume(str(run), "policy", args, world_size=2)["world_size"] == 2
+    with pytest.raises(RunError, match="needs a pretraining run"):
+        rundir.check_resume(str(run), "pretrain", args)
+    with pytest.raises(RunError, match="ran on 2 processes, not 1"):
+        rundir.check_resume(str(run), "policy", args, world_size=1)
+    with pytest.raises(RunError, match="was started with --lr 0.1, --seed 1; pass the same flags"):
+        rundir.check_resume(str(run), "policy", SimpleNamespace(lr=0.2, seed=2, log_every=5))
+
+
 def test_checkpoints_load_safely_with_every_rng_state(tmp_path):
     import random
 
