@@ -139,6 +139,11 @@ def parse_args(argv=None):
     return args
 
 
+# flags a --resume may change: the learning rate is constant, so more steps extend a run, and the
+# rest changes memory, checkpoints or evaluations only
+RESUME_MAY_CHANGE = rundir.RESUME_MAY_CHANGE | {"ckpt_every", "max_steps", "micro_batch", "eval_every"}
+
+
 def rl_config(args) -> algos.RLConfig:
     return algos.RLConfig(temperature=args.temperature, kl_coef=args.kl_coef, clip=args.clip,
                           value_clip=args.value_clip, vf_coef=args.vf_coef, lam=args.lam, epochs=args.epochs,
@@ -364,10 +369,9 @@ def start_run(args, trainer, info, device, dtype):
     Returns (first step, held-out results before training, metrics log)."""
     if info.is_main:
         rundir.prepare_out(args.out, [args.init, args.rm, args.prompts, args.prefs], args.resume, args.overwrite)
-        if args.resume:
-            rundir.check_resume(args.out, "policy", args, rundir.RESUME_MAY_CHANGE | {"ckpt_every"},
-                                world_size=info.world_size)
     runtime.barrier(info)
+    if args.resume:  # on every rank: all stop with the same one-line error
+        rundir.check_resume(args.out, "policy", args, RESUME_MAY_CHANGE, world_size=info.world_size)
     log = runtime.MetricsLog(os.path.join(args.out, "metrics.jsonl"), info.is_main, truncate=not args.resume)
     if args.resume:
         start = trainer.load(runtime.load_checkpoint(os.path.join(args.out, "ckpt.pt"), device))

@@ -100,9 +100,9 @@ def parse_args(argv=None):
     return args
 
 
-# flags a --resume may change: they touch neither the training nor its metrics, only the final evaluation
-RESUME_MAY_CHANGE = rundir.RESUME_MAY_CHANGE | {"compile", "ckpt_every", "n_eval", "eval_samples", "eval_temperature",
-                                                "max_new_tokens"}
+# flags a --resume may change: they touch neither the weights nor the training loss, only evaluations
+RESUME_MAY_CHANGE = rundir.RESUME_MAY_CHANGE | {"compile", "ckpt_every", "eval_every", "val_batches", "n_eval",
+                                                "eval_samples", "eval_temperature", "max_new_tokens"}
 
 
 def lr_at(step: int, args) -> float:
@@ -131,15 +131,16 @@ def prepare_data(args, docs, info):
 
 def check_evaluable(args, tokenizer, tokens):
     """Fail before training, not after it, where the evaluations could not run."""
+    again = "" if args.resume else f" ({args.out} holds this attempt's tokenizer: add --overwrite)"
     if not any(len(val) > args.block_size for val in tokens.val.values()):
         raise RunError(f"no source has more than --block-size {args.block_size} validation tokens to measure the "
-                       f"loss on; raise --docs-per-source or lower --block-size")
+                       f"loss on; raise --docs-per-source or lower --block-size{again}")
     problems = problem_set("test", args.n_eval, seed=args.seed)
     longest = max(map(len, encode_prompts(tokenizer, [p.question for p in problems])))
     if longest + args.max_new_tokens > args.block_size:
         raise RunError(f"--max-new-tokens {args.max_new_tokens} does not fit: held-out prompts take up to {longest} "
                        f"of the {args.block_size} tokens of --block-size; use --max-new-tokens "
-                       f"{args.block_size - longest} or less")
+                       f"{args.block_size - longest} or less{again}")
 
 
 @torch.no_grad()
@@ -272,9 +273,9 @@ def main(argv=None):
     docs = data.load_documents(data.parse_mixture(args.mixture), args.docs_per_source, args.seed)  # inputs first
     if info.is_main:
         rundir.prepare_out(args.out, [], args.resume, args.overwrite)
-        if args.resume:
-            rundir.check_resume(args.out, "pretrain", args, RESUME_MAY_CHANGE, world_size=info.world_size)
     runtime.barrier(info)
+    if args.resume:  # on every rank: all stop with the same one-line error
+        rundir.check_resume(args.out, "pretrain", args, RESUME_MAY_CHANGE, world_size=info.world_size)
     print0(f"device {device} x{info.world_size} | dtype {str(dtype).replace('torch.', '')} ({why})", info=info)
     tokenizer, tokens = prepare_data(args, docs, info)
     check_evaluable(args, tokenizer, tokens)

@@ -71,7 +71,6 @@ PRESETS = {
     "test": dict(n_prompts=16, n_eval_prompts=16, n_calib_prompts=8, samples_per_prompt=4, max_new_tokens=48,
                  epochs=1, batch_size=4, lr=1e-3, warmup_steps=1, sample_batch=8, eval_every=0),
 }
-# flags that --resume may change: they do not change what the run computes
 
 
 def parse_args(argv=None):

@@ -164,10 +164,20 @@ def check_resume(out: str, kind: str, args, may_change=RESUME_MAY_CHANGE, resume
     saved, now = config.get("args", {}), vars(args)
     changed = sorted(k for k in saved if k not in may_change and now.get(k) != saved[k])
     if changed:
-        was = ", ".join(f"--{k.replace('_', '-')} {saved[k]}" for k in changed)
+        was = ", ".join(_as_flag(k, saved[k]) for k in changed)
         raise RunError(f"--resume: {out} was started with {was}; pass the same flags to resume it, or --overwrite "
                        f"to start again")
     return config
+
+
+def _as_flag(name: str, value) -> str:
+    """A saved flag as it is typed: "--lr 0.001", "--ei-restart", "without --prompts", "--evidence 0,0.5"."""
+    flag = "--" + name.replace("_", "-")
+    if value is None or value is False:
+        return f"without {flag}"
+    if value is True:
+        return flag
+    return f"{flag} {','.join(map(str, value)) if isinstance(value, list) else value}"
 
 
 def _inside(inner: str, outer: str) -> bool:

@@ -105,6 +105,9 @@ def test_resume_checks_kind_flags_and_world_size(tmp_path):
         rundir.check_resume(str(run), "policy", args, world_size=1)
     with pytest.raises(RunError, match="was started with --lr 0.1, --seed 1; pass the same flags"):
         rundir.check_resume(str(run), "policy", SimpleNamespace(lr=0.2, seed=2, log_every=5))
+    rundir.write_config(str(run), {"args": {"prompts": None, "ei_restart": True, "evidence": [0.0, 0.5]}}, "policy")
+    with pytest.raises(RunError, match=r"started with --ei-restart, --evidence 0.0,0.5, without --prompts;"):
+        rundir.check_resume(str(run), "policy", SimpleNamespace(prompts="p.jsonl", ei_restart=False, evidence=[0.1]))
 
 
 def test_checkpoints_load_safely_with_every_rng_state(tmp_path):
