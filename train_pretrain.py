@@ -210,13 +210,13 @@ def train(args, info, device, dtype, tokenizer, tokens, config):
                     loss = model(x, y)[1] / args.grad_accum
                     loss.backward()
                 loss_sum += loss.item()
-            if not math.isfinite(loss_sum):
-                raise RunError(f"loss became {loss_sum} at step {step}; lower --lr (now {args.lr}) or check the data")
+            loss_avg = runtime.all_reduce_mean(torch.tensor(loss_sum), info).item()  # every rank sees a NaN
+            if not math.isfinite(loss_avg):
+                raise RunError(f"loss became {loss_avg} at step {step}; lower --lr (now {args.lr}) or check the data")
             if args.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            loss_avg = runtime.all_reduce_mean(torch.tensor(loss_sum), info).item()
             dt = time.perf_counter() - t0
             record = {"step": step + 1, "loss": loss_avg, "lr": lr, "tok/s": int(tokens_per_step / dt),
                       "mfu": flops_per_step / dt / peak / info.world_size}
