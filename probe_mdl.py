@@ -31,7 +31,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from nanorl import mdl, rundir, runtime, toyworld
+from nanorl import mdl, plots, rundir, runtime, toyworld
 from nanorl.runtime import RunError, non_negative_float, positive_float, positive_int
 
 PRESETS = {
@@ -217,58 +217,45 @@ def mdl_table(result: dict) -> str:
                               f"over probe seeds.\n"
 
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def plot_reward_vs_evidence(path: str, result: dict):
     """The paper's 4-panel figure: reward vs p per section, a line per target coloured by relative MDL."""
-    plt = _pyplot()
     from matplotlib import cm, colors
     relative = {t: result["features"][t]["relative_mdl"] for t in result["evidence"]}
     norm = colors.LogNorm(min(relative.values()) * 0.95, max(relative.values()) * 1.05)
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True, sharey=True)
-    for ax, section in zip(axes.flat, toyworld.SECTIONS):
-        for target, per_p in result["evidence"].items():
-            ps = sorted(per_p, key=float)
-            ax.errorbar([float(p) for p in ps], [per_p[p][section]["mean"] for p in ps],
-                        yerr=[per_p[p][section]["stderr"] for p in ps], color=cm.viridis(norm(relative[target])),
-                        marker="o", markersize=4, capsize=2, label=f"{target} ({relative[target]:.2f})")
-        positive = [float(p) for p in ps if float(p) > 0]
-        ax.set_xscale("symlog", linthresh=min(positive) if positive else 1e-3)
-        ax.set(title=section, ylim=(-0.05, 1.05))
-        ax.grid(alpha=0.3)
-    for ax in axes[1]:
-        ax.set_xlabel("evidence p (share of s_only training prompts)")
-    for ax in axes[:, 0]:
-        ax.set_ylabel("mean reward")
-    axes[0, 0].legend(fontsize=7, title="target (relative MDL)", title_fontsize=7)
-    fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cm.viridis), ax=axes, label="relative MDL = MDL(s) / MDL(t)")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    # no tight layout: the shared colour bar places itself
+    with plots.figure(path, 2, 2, figsize=(10, 7), tight=False, sharex=True, sharey=True) as (fig, axes):
+        for ax, section in zip(axes.flat, toyworld.SECTIONS):
+            for target, per_p in result["evidence"].items():
+                ps = sorted(per_p, key=float)
+                ax.errorbar([float(p) for p in ps], [per_p[p][section]["mean"] for p in ps],
+                            yerr=[per_p[p][section]["stderr"] for p in ps], color=cm.viridis(norm(relative[target])),
+                            marker="o", markersize=4, capsize=2, label=f"{target} ({relative[target]:.2f})")
+            positive = [float(p) for p in ps if float(p) > 0]
+            ax.set_xscale("symlog", linthresh=min(positive) if positive else 1e-3)
+            ax.set(title=section, ylim=(-0.05, 1.05))
+            ax.grid(alpha=0.3)
+        for ax in axes[1]:
+            ax.set_xlabel("evidence p (share of s_only training prompts)")
+        for ax in axes[:, 0]:
+            ax.set_ylabel("mean reward")
+        axes[0, 0].legend(fontsize=7, title="target (relative MDL)", title_fontsize=7)
+        fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cm.viridis), ax=axes, label="relative MDL = MDL(s) / MDL(t)")
 
 
 def plot_reward_vs_relative_mdl(path: str, result: dict, records: list[dict]):
     """Reward at p = 0 (mean of s_only and t_only) of each (target, seed) run vs the target's relative MDL."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for target in result["evidence"]:
-        ys = [(r["sections"]["s_only"] + r["sections"]["t_only"]) / 2 for r in records
-              if r["kind"] == "rl" and r["target"] == target and r["p"] == 0.0]
-        ax.scatter([result["features"][target]["relative_mdl"]] * len(ys), ys, label=target, alpha=0.8)
-    rho = result["spearman"]["rho"]
-    ax.set(xscale="log", xlabel="relative MDL = MDL(s) / MDL(t)  (right: target more extractable)",
-           ylabel="reward at p = 0, mean of s_only and t_only",
-           title=f"Spearman rho = {'n/a' if rho is None else f'{rho:.2f}'}, "
-                 f"permutation p = {result['spearman']['p_value']:.3f}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with plots.figure(path) as (_, ax):
+        for target in result["evidence"]:
+            ys = [(r["sections"]["s_only"] + r["sections"]["t_only"]) / 2 for r in records
+                  if r["kind"] == "rl" and r["target"] == target and r["p"] == 0.0]
+            ax.scatter([result["features"][target]["relative_mdl"]] * len(ys), ys, label=target, alpha=0.8)
+        rho = result["spearman"]["rho"]
+        ax.set(xscale="log", xlabel="relative MDL = MDL(s) / MDL(t)  (right: target more extractable)",
+               ylabel="reward at p = 0, mean of s_only and t_only",
+               title=f"Spearman rho = {'n/a' if rho is None else f'{rho:.2f}'}, "
+                     f"permutation p = {result['spearman']['p_value']:.3f}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
 
 
 def resumed_records(args) -> list[dict]:

@@ -33,7 +33,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from nanorl import evals, rlp, rundir, runtime, verifier
+from nanorl import evals, plots, rlp, rundir, runtime, verifier
 from nanorl.reward import (GOLD_KINDS, Pair, bradley_terry_loss, evaluate_pairs, normalise_scale, pairs_to_generation,
                            sample_pairs, sample_responses, score, score_responses)
 from nanorl.runtime import RunError, non_negative_float, positive_float, positive_int, print0
@@ -176,8 +176,8 @@ def pair_accuracies(model, eval_sets, tokenizer, args, device, dtype) -> dict:
 
 
 def plot_shift(path: str, before: dict, after: dict):
-    runtime.plot_bars(path, {"original RM": before, "after RLP": after},
-                      "RM accuracy on gold-labelled pairs, by the policy that sampled them", "pair accuracy")
+    plots.bars(path, {"original RM": before, "after RLP": after},
+               "RM accuracy on gold-labelled pairs, by the policy that sampled them", "pair accuracy")
 
 
 def main(argv=None):

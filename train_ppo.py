@@ -72,7 +72,8 @@ def parse_args(argv=None):
     p.add_argument("--max-steps", type=positive_int, help="policy updates (EI: rounds)")
     p.add_argument("--prompts-per-step", type=positive_int, help="prompts per rollout (over all ranks)")
     p.add_argument("--samples", type=positive_int, help="responses per prompt (GRPO group size, EI k, online DPO K)")
-    p.add_argument("--temperature", type=positive_float, default=0.7, help="sampling temperature of rollouts (EI samples at 1.0)")
+    p.add_argument("--temperature", type=positive_float, default=0.7,
+                   help="sampling temperature of rollouts (EI samples at 1.0)")
     p.add_argument("--lr", type=positive_float, help="AdamW learning rate")
     p.add_argument("--kl-coef", type=non_negative_float, default=None,
                    help="beta: KL-to-reference coefficient (k1 in PPO's reward, k3 in GRPO's loss); default 0 with "

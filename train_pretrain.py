@@ -26,7 +26,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from nanorl import data, evals, rundir, runtime
+from nanorl import data, evals, plots, rundir, runtime
 from nanorl.gpt import GPT, GPTConfig
 from nanorl.runtime import (RunError, non_negative_float, non_negative_int, positive_float, positive_int,
                             print0)
@@ -243,20 +243,20 @@ def write_plots(args, metrics: list[dict], result: dict):
     steps = [m["step"] for m in metrics]
     val = {k[4:]: ([m["step"] for m in metrics if k in m], [m[k] for m in metrics if k in m])
            for k in sorted({k for m in metrics for k in m if k.startswith("val/")})}
-    runtime.plot_lines(os.path.join(args.out, "loss.png"), {"train": (steps, [m["loss"] for m in metrics])},
-                       "Pretraining loss", "step", "cross-entropy (nats/token)", logy=True)
-    runtime.plot_lines(os.path.join(args.out, "val_loss_by_source.png"), val,
-                       "Validation loss per source", "step", "cross-entropy (nats/token)", logy=True)
+    plots.lines(os.path.join(args.out, "loss.png"), {"train": (steps, [m["loss"] for m in metrics])},
+                "Pretraining loss", "step", "cross-entropy (nats/token)", logy=True)
+    plots.lines(os.path.join(args.out, "val_loss_by_source.png"), val,
+                "Validation loss per source", "step", "cross-entropy (nats/token)", logy=True)
     n = result["n_eval"]
-    runtime.plot_bars(os.path.join(args.out, "format_share.png"),
-                      {"greedy": result["format_share"], "sampled": result["sampled_format_share"]},
-                      f"Solution format chosen on {n} held-out problems", "share of answers")
-    runtime.plot_bars(os.path.join(args.out, "pass_at_1.png"),
-                      {"greedy": result["pass@1_by_format"], "sampled": result["sampled_pass@1_by_format"]},
-                      f"Accuracy by solution format ({n} held-out problems)", "fraction correct")
-    runtime.plot_bars(os.path.join(args.out, "pass_at_1_by_difficulty.png"),
-                      {"greedy pass@1": result["pass@1_by_difficulty"]},
-                      "Greedy pass@1 by difficulty (arithmetic steps)", "pass@1")
+    plots.bars(os.path.join(args.out, "format_share.png"),
+               {"greedy": result["format_share"], "sampled": result["sampled_format_share"]},
+               f"Solution format chosen on {n} held-out problems", "share of answers")
+    plots.bars(os.path.join(args.out, "pass_at_1.png"),
+               {"greedy": result["pass@1_by_format"], "sampled": result["sampled_pass@1_by_format"]},
+               f"Accuracy by solution format ({n} held-out problems)", "fraction correct")
+    plots.bars(os.path.join(args.out, "pass_at_1_by_difficulty.png"),
+               {"greedy pass@1": result["pass@1_by_difficulty"]},
+               "Greedy pass@1 by difficulty (arithmetic steps)", "pass@1")
 
 
 def main(argv=None):

@@ -55,7 +55,7 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm import tqdm
 
-from nanorl import rundir, runtime
+from nanorl import plots, rundir, runtime
 from nanorl.reward import (GOLD_KINDS, Pair, ScalarModel, bradley_terry_loss, evaluate_pairs, normalise_scale,
                            pairs_to_generation, read_preferences, sample_pairs, sample_responses, score,
                            write_preferences)
@@ -79,8 +79,8 @@ def parse_args(argv=None):
     p.add_argument("--preset", default="tiny", choices=PRESETS, help="named size; other flags override it")
     p.add_argument("--init", default="runs/pretrain", help="pretrained run directory: backbone and sampling policy")
     p.add_argument("--out", default="runs/rm", help="run directory to write")
-    p.add_argument("--prefs", default=None, help="JSONL file of {prompt, chosen, rejected} texts instead of sampling (end each prompt "
-                        "with a blank line, as the policy's prompts do)")
+    p.add_argument("--prefs", default=None, help="JSONL file of {prompt, chosen, rejected} texts instead of sampling "
+                                                 "(end each prompt with a blank line, as the policy's prompts do)")
     p.add_argument("--val-fraction", type=non_negative_float, default=0.1,
                    help="with --prefs: share of the distinct prompts held out, each with all its pairs")
     p.add_argument("--shift-init", default=None, help="another policy's run directory: also report held-out "
@@ -362,8 +362,7 @@ def load_shifted_policy(args, tokenizer, device):
 
 def shifted_accuracy(model, shifted_policy, tokenizer, args, device, dtype) -> dict:
     """Held-out accuracy on pairs sampled from the --shift-init policy (the distribution shift)."""
-    difficulties = range(args.min_difficulty, args.max_difficulty + 1)  # those of the in-distribution pairs
-    problems = problem_set("test", args.n_eval_prompts, args.seed, difficulties)
+    problems = problem_slices(args)[2]  # the held-out problems of the in-distribution pairs
     shifted, stats = sample_pairs(shifted_policy, tokenizer, problems, args, 0.0, args.seed + 2, device, dtype,
                                   "sample shifted")
     if not shifted:
@@ -375,7 +374,7 @@ def shifted_accuracy(model, shifted_policy, tokenizer, args, device, dtype) -> d
 def write_plot(args, metrics):
     train_steps = [m for m in metrics if "accuracy" in m]
     evals_ = [m for m in metrics if "eval/pair_accuracy" in m]
-    runtime.plot_lines(os.path.join(args.out, "rm_accuracy.png"), {
+    plots.lines(os.path.join(args.out, "rm_accuracy.png"), {
         "train pairs (per step)": ([m["step"] for m in train_steps], [m["accuracy"] for m in train_steps]),
         "held-out pairs": ([m["step"] for m in evals_], [m["eval/pair_accuracy"] for m in evals_])},
         "Reward model pair accuracy", "step", "accuracy 1[r_chosen > r_rejected]")

@@ -107,7 +107,8 @@ def _step(optimizer, params, grad_clip) -> float:
     the run before it reaches the weights (the next rollout would fail far from the cause)."""
     norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
     if not torch.isfinite(norm):
-        raise RunError(f"the update's gradient norm is {float(norm)}: training diverged; start again (--overwrite) with a lower --lr")
+        raise RunError(f"the update's gradient norm is {float(norm)}: training diverged; start again "
+                       f"(--overwrite) with a lower --lr")
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return float(norm)

@@ -40,7 +40,7 @@ import re
 import statistics
 from collections import Counter
 
-from nanorl import rundir, runtime, verifier
+from nanorl import plots, rundir, runtime, verifier
 from nanorl.runtime import RunError
 
 # micro_batch, ckpt_every and eval_every change memory and bookkeeping, not results (see train_ppo.py --help)
@@ -163,7 +163,7 @@ def plot_format_share(path: str, group: dict, runs: list[dict], formats: list[st
         series[fmt] = (steps, [statistics.fmean(c) for c in columns], [min(c) for c in columns],
                        [max(c) for c in columns])
     title = f"Format of training samples, {group['name']} (mean, min-max over {group['n']} seeds)"
-    runtime.plot_bands(path, series, title, "step", "share of samples", ylim=(0, 1))
+    plots.bands(path, series, title, "step", "share of samples", ylim=(0, 1))
 
 
 def plot_outcomes(path: str, groups: list[dict]):
@@ -171,7 +171,7 @@ def plot_outcomes(path: str, groups: list[dict]):
     metrics = [m for m in ("win-rate vs initial", "pass@1") if any(g["metrics"][m]["mean"] is not None for g in groups)]
     means = {m: {g["name"]: g["metrics"][m]["mean"] or 0.0 for g in groups} for m in metrics}
     stds = {m: {g["name"]: g["metrics"][m]["std"] or 0.0 for g in groups} for m in metrics}
-    runtime.plot_bars(path, means, "Outcome by group (mean ± std over seeds)", "value", errors=stds)
+    plots.bars(path, means, "Outcome by group (mean ± std over seeds)", "value", errors=stds)
 
 
 def cell(stat: dict | None) -> str:

@@ -29,7 +29,7 @@ from collections import Counter, defaultdict
 
 import torch
 
-from nanorl import runtime, verifier
+from nanorl import plots, runtime, verifier
 from nanorl.engine import generate
 from nanorl.reward import gold_reward
 from nanorl.tasks import Problem, encode_prompts
@@ -190,17 +190,17 @@ def write_plots(args, metrics: list[dict], before: dict, after: dict):
     # training, so for them the held-out samples
     source = "share/" if any("share/tinygsm" in m for m in metrics) else "eval/share/"
     rollout_steps = [m for m in metrics if source + "tinygsm" in m]
-    runtime.plot_stacked(os.path.join(out, "format_share.png"), [m["step"] for m in rollout_steps],
-                         {f: [m.get(source + f, 0.0) for m in rollout_steps] for f in formats},
-                         f"Solution format of samples during {args.algo.upper()}", "step", "share of samples")
+    plots.stacked(os.path.join(out, "format_share.png"), [m["step"] for m in rollout_steps],
+                  {f: [m.get(source + f, 0.0) for m in rollout_steps] for f in formats},
+                  f"Solution format of samples during {args.algo.upper()}", "step", "share of samples")
     evals_at = [m for m in metrics if "eval/pass@1" in m]
-    runtime.plot_lines(os.path.join(out, "pass_at_k.png"),
-                       {"pass@1 (greedy)": ([m["step"] for m in evals_at], [m["eval/pass@1"] for m in evals_at]),
-                        f"pass@{args.eval_samples} (T={args.temperature})":
-                            ([m["step"] for m in evals_at], [m["eval/pass@k"] for m in evals_at]),
-                        f"maj@{args.eval_samples}": ([m["step"] for m in evals_at], [m["eval/maj@k"] for m in evals_at])},
-                       f"Held-out accuracy during {args.algo.upper()}", "step", "fraction of problems")
-    runtime.plot_bars(os.path.join(out, "pass_at_1_by_difficulty.png"),
-                      {"before": before["pass@1_by_difficulty"], "after": after["pass@1_by_difficulty"]},
-                      f"Greedy pass@1 by difficulty (trained on {args.min_difficulty}-{args.max_difficulty} steps)",
-                      "pass@1")
+    plots.lines(os.path.join(out, "pass_at_k.png"),
+                {"pass@1 (greedy)": ([m["step"] for m in evals_at], [m["eval/pass@1"] for m in evals_at]),
+                 f"pass@{args.eval_samples} (T={args.temperature})":
+                     ([m["step"] for m in evals_at], [m["eval/pass@k"] for m in evals_at]),
+                 f"maj@{args.eval_samples}": ([m["step"] for m in evals_at], [m["eval/maj@k"] for m in evals_at])},
+                f"Held-out accuracy during {args.algo.upper()}", "step", "fraction of problems")
+    plots.bars(os.path.join(out, "pass_at_1_by_difficulty.png"),
+               {"before": before["pass@1_by_difficulty"], "after": after["pass@1_by_difficulty"]},
+               f"Greedy pass@1 by difficulty (trained on {args.min_difficulty}-{args.max_difficulty} steps)",
+               "pass@1")

@@ -39,7 +39,7 @@ import random
 
 import torch
 
-from nanorl import rundir, runtime, verifier
+from nanorl import plots, rundir, runtime, verifier
 from nanorl.compare import cell, parse_group, stats
 from nanorl.engine import generate, pack, response_logits, token_budget
 from nanorl.reward import reference_pairs
@@ -194,14 +194,14 @@ def plot(out: str, groups: dict, fmt: str):
     for name, group in groups.items():
         series[f"{name} free-running"] = band(group, "free_success")
         series[f"{name} predicted by teacher-forced error"] = band(group, "predicted_success")
-    runtime.plot_bands(os.path.join(out, "success_by_difficulty.png"), series,
-                       f"Greedy success vs the no-compounding prediction ({fmt}; mean ± std)", "difficulty (steps)",
-                       "share of problems", ylim=(0, 1.02),
-                       dashed=tuple(name for name in series if name.endswith("predicted by teacher-forced error")))
-    runtime.plot_bands(os.path.join(out, "excess_error.png"),
-                       {name: band(group, "excess_error_pct", x_metric="reference_len") for name, group in groups.items()},
-                       "Excess error of free running over teacher forcing (mean ± std)",
-                       "reference length (tokens)", "excess error (%)")
+    plots.bands(os.path.join(out, "success_by_difficulty.png"), series,
+                f"Greedy success vs the no-compounding prediction ({fmt}; mean ± std)", "difficulty (steps)",
+                "share of problems", ylim=(0, 1.02),
+                dashed=tuple(name for name in series if name.endswith("predicted by teacher-forced error")))
+    plots.bands(os.path.join(out, "excess_error.png"),
+                {name: band(group, "excess_error_pct", x_metric="reference_len") for name, group in groups.items()},
+                "Excess error of free running over teacher forcing (mean ± std)",
+                "reference length (tokens)", "excess error (%)")
 
 
 def main(argv=None):

@@ -1,5 +1,6 @@
 """The plumbing every script shares: input checks (numeric flags, JSONL files), device and
-dtype, seeding, torchrun/DDP, checkpoints, JSON files, logs and plots (run directories: rundir.py).
+dtype, seeding, torchrun/DDP, checkpoints, JSON files, logs and timing (run directories: rundir.py;
+plots: plots.py).
 
 - Device: auto picks cuda > mps > cpu. Dtype: bf16 autocast on CUDA; fp32 on CPU, because
   on CPUs without native bf16 matmuls autocast is many times slower (measure with
@@ -355,71 +356,8 @@ def load_checkpoint(path: str, device: str = "cpu") -> dict:
                        f"start again with --overwrite") from None
 
 
-# ----------------------------------------------------------------------------- plots
 
-def plot_lines(path: str, series: dict[str, tuple[list, list]], title: str, xlabel: str, ylabel: str,
-               logy: bool = False):
-    """One PNG with a line per named (x, y) series."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for name, (xs, ys) in series.items():
-        ax.plot(xs, ys, label=name, marker="o" if len(xs) < 30 else None, markersize=3)
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    if logy:
-        ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_bands(path: str, series: dict[str, tuple[list, list, list, list]], title: str, xlabel: str, ylabel: str,
-               ylim: tuple | None = None, dashed: tuple[str, ...] = ()):
-    """One PNG with a line and a shaded band per named (x, y, low, high) series (e.g. mean and min-max over seeds).
-    A series named in `dashed` is drawn dashed, in the colour of the series before it (its companion)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    line = None
-    for name, (xs, ys, lows, highs) in series.items():
-        companion = dict(color=line.get_color(), linestyle="--") if name in dashed and line is not None else {}
-        line, = ax.plot(xs, ys, label=name, **companion)
-        ax.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.2, linewidth=0)
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel, ylim=ylim)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_bars(path: str, groups: dict[str, dict[str, float]], title: str, ylabel: str,
-              errors: dict[str, dict[str, float]] | None = None):
-    """Grouped bars: groups = {group label: {bar label: value}}, optional error bars in the same shape."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    labels = sorted({k for g in groups.values() for k in g})
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    width = 0.8 / max(len(groups), 1)
-    for i, (name, values) in enumerate(groups.items()):
-        xs = [j + i * width for j in range(len(labels))]
-        yerr = [errors[name].get(k, 0.0) for k in labels] if errors else None
-        ax.bar(xs, [values.get(k, 0.0) for k in labels], width, label=name, yerr=yerr, capsize=3)
-    long_labels = max(map(len, labels), default=0) > 14
-    ax.set_xticks([j + width * (len(groups) - 1) / 2 for j in range(len(labels))], labels,
-                  rotation=20 if long_labels else 0, ha="right" if long_labels else "center", fontsize=8)
-    ax.set(title=title, ylabel=ylabel)
-    ax.grid(alpha=0.3, axis="y")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
+# ----------------------------------------------------------------------------- timing
 
 def sync(device: str):
     """Wait for queued kernels, so wall-clock time covers the work and not just its launch."""
@@ -447,17 +385,3 @@ def measure_peak_flops(device: str, dtype: torch.dtype, n: int | None = None, re
     for _ in range(2):  # warm-up: allocation and kernel selection
         a @ b
     return 2 * n ** 3 / min(timed(lambda: a @ b, device) for _ in range(reps))
-
-
-def plot_stacked(path: str, xs: list, shares: dict[str, list], title: str, xlabel: str, ylabel: str):
-    """A stacked area plot of shares that add up to one at each x (e.g. solution formats)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    ax.stackplot(xs, *shares.values(), labels=list(shares), alpha=0.85)
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel, ylim=(0, 1), xlim=(min(xs), max(xs)) if len(xs) > 1 else None)
-    ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
