@@ -260,7 +260,7 @@ def plot_reward_vs_relative_mdl(path: str, result: dict, records: list[dict]):
 
 def resumed_records(args) -> list[dict]:
     """The records of an interrupted run, after checking it measured the same thing."""
-    rundir.check_resume(args.out, "mdl", args, {"out", "resume", "overwrite", "device"}, resume_file="runs.jsonl")
+    rundir.check_resume(args.out, "mdl", args, resume_file="runs.jsonl")
     return [record for _, record in runtime.iter_jsonl(os.path.join(args.out, "runs.jsonl"))]
 
 

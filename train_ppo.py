@@ -153,21 +153,6 @@ def rl_config(args) -> algos.RLConfig:
                           dpo_beta=args.dpo_beta, dpo_kind=args.dpo_kind)
 
 
-def prompt_lengths(problems, tokenizer) -> list[int]:
-    return [len(ids) for ids in tasks.encode_prompts(tokenizer, [p.question for p in problems])]
-
-
-def prompt_room(args, policy, tokenizer, eval_problems) -> int:
-    """Prompt tokens that --max-new-tokens leaves in the policy's context (a reward model's is no shorter).
-    Every held-out problem must fit: skipping some would change the benchmark."""
-    block_size, longest = policy.config.block_size, max(prompt_lengths(eval_problems, tokenizer))
-    if longest + args.max_new_tokens > block_size:
-        raise RunError(f"--max-new-tokens {args.max_new_tokens} does not fit the context: --init {args.init} has "
-                       f"block_size {block_size} and held-out prompts take up to {longest} tokens; use "
-                       f"--max-new-tokens {block_size - longest} or less")
-    return block_size - args.max_new_tokens
-
-
 def training_prompts(args, tokenizer, room: int, info) -> list:
     """The training problems whose prompt fits in `room` tokens; longer ones are skipped, and said so."""
     if args.prompts:
@@ -175,7 +160,7 @@ def training_prompts(args, tokenizer, room: int, info) -> list:
     else:
         difficulties = range(args.min_difficulty, args.max_difficulty + 1)
         source, problems = "synthetic pool", tasks.problem_set("train", args.n_train_prompts, args.seed, difficulties)
-    lengths = prompt_lengths(problems, tokenizer)
+    lengths = tasks.prompt_lengths(tokenizer, problems)
     kept = [p for p, n in zip(problems, lengths) if n <= room]
     if not kept:
         raise RunError(f"{source}: none of its {len(problems)} prompts fits the context: the shortest is "
@@ -261,7 +246,9 @@ class Trainer:
          self.init_config) = build_models(args, device)
         self.eval_problems = tasks.problem_set("test", args.n_eval, seed=args.seed,
                                                difficulties=range(1, args.eval_max_difficulty + 1))
-        room = prompt_room(args, self.policy, self.tokenizer, self.eval_problems)
+        # prompt tokens left in the policy's context (a reward model's is no shorter)
+        room = tasks.prompt_room(self.tokenizer, self.eval_problems, args.max_new_tokens,
+                                 self.policy.config.block_size, f"--init {args.init}'s context")
         self.pool = training_prompts(args, self.tokenizer, room, info)
         self.pairs = (read_preferences(args.prefs, self.tokenizer, self.policy.config.block_size) if args.prefs else
                       reference_data(args, self.pool, self.tokenizer, self.policy.config.block_size, info)

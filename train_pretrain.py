@@ -30,7 +30,7 @@ from nanorl import data, evals, plots, rundir, runtime
 from nanorl.gpt import GPT, GPTConfig
 from nanorl.runtime import (RunError, non_negative_float, non_negative_int, positive_float, positive_int,
                             print0)
-from nanorl.tasks import encode_prompts, problem_set
+from nanorl.tasks import problem_set, prompt_room
 from nanorl.tokenizer import MIN_VOCAB, Tokenizer
 
 PRESETS = {
@@ -135,12 +135,8 @@ def check_evaluable(args, tokenizer, tokens):
     if not any(len(val) > args.block_size for val in tokens.val.values()):
         raise RunError(f"no source has more than --block-size {args.block_size} validation tokens to measure the "
                        f"loss on; raise --docs-per-source or lower --block-size{again}")
-    problems = problem_set("test", args.n_eval, seed=args.seed)
-    longest = max(map(len, encode_prompts(tokenizer, [p.question for p in problems])))
-    if longest + args.max_new_tokens > args.block_size:
-        raise RunError(f"--max-new-tokens {args.max_new_tokens} does not fit: held-out prompts take up to {longest} "
-                       f"of the {args.block_size} tokens of --block-size; use --max-new-tokens "
-                       f"{args.block_size - longest} or less{again}")
+    prompt_room(tokenizer, problem_set("test", args.n_eval, seed=args.seed), args.max_new_tokens, args.block_size,
+                "--block-size", again)
 
 
 @torch.no_grad()

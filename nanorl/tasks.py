@@ -32,7 +32,7 @@ import hashlib
 import random
 from dataclasses import dataclass
 
-from nanorl.runtime import DataError, iter_jsonl
+from nanorl.runtime import DataError, RunError, iter_jsonl
 from nanorl.verifier import Answer, parse_gsm8k_answer
 
 SOURCES = ("tinygsm", "omi1", "omi2", "finemath")
@@ -242,3 +242,19 @@ def read_gsm8k(path: str) -> list[Question]:
 def encode_prompts(tokenizer, questions: list[str]) -> list[list[int]]:
     """[BOS] + question + blank line: exactly how every pretraining document begins."""
     return [[tokenizer.bos_id] + ids for ids in tokenizer.encode_batch([prompt_text(q) for q in questions])]
+
+
+def prompt_lengths(tokenizer, problems) -> list[int]:
+    """Tokens of each problem's prompt, as encode_prompts makes it."""
+    return [len(ids) for ids in encode_prompts(tokenizer, [p.question for p in problems])]
+
+
+def prompt_room(tokenizer, problems, max_new_tokens: int, block_size: int, context: str, hint: str = "") -> int:
+    """Prompt tokens that max_new_tokens leaves in a block_size context, after checking that every one of
+    `problems` (held-out ones: skipping some would change the benchmark) fits there with its response."""
+    longest = max(prompt_lengths(tokenizer, problems))
+    if longest + max_new_tokens > block_size:
+        raise RunError(f"--max-new-tokens {max_new_tokens} does not fit: held-out prompts take up to {longest} of "
+                       f"the {block_size} tokens of {context}; use --max-new-tokens {block_size - longest} or less"
+                       f"{hint}")
+    return block_size - max_new_tokens
