@@ -42,8 +42,8 @@ import torch
 from nanorl import algos, runtime
 from nanorl.engine import generate, naive_generate
 from nanorl.gpt import GPT, GPTConfig
-from nanorl.runtime import (autocast as autocast_context, measure_peak_flops, non_negative_int, pick_device,
-                            pick_dtype, positive_int, sync, timed)
+from nanorl.runtime import (RunError, autocast as autocast_context, check_heads, measure_peak_flops, non_negative_int,
+                            pick_device, pick_dtype, positive_int, sync, timed)
 
 
 def parse_args(argv=None):
@@ -63,7 +63,7 @@ def parse_args(argv=None):
     p.add_argument("--grpo-samples", type=positive_int, default=8, help="samples per prompt in the GRPO step")
     p.add_argument("--matmul-size", type=non_negative_int, default=0,
                    help="n of the n x n peak matmuls (0: 1024 on CPU, 8192 on GPU)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="auto: cuda > mps > cpu")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (auto: cuda > mps > cpu)")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
                    help="auto: bf16 autocast on CUDA, fp32 elsewhere")
     p.add_argument("--seed", type=int, default=0, help="seeds the weights, the random tokens and the sampler")
@@ -145,9 +145,9 @@ def engine_rate(root: Path, spec: str) -> float:
     out = subprocess.run([sys.executable, "-c", ENGINE_TIMER, spec], cwd=root, capture_output=True, text=True)
     lines = out.stdout.splitlines()
     if out.returncode != 0 or len(lines) != 2:
-        raise SystemExit(f"timing the engine in {root} failed:\n{out.stderr.strip() or out.stdout.strip()}")
+        raise RunError(f"timing the engine in {root} failed:\n{out.stderr.strip() or out.stdout.strip()}")
     if not Path(lines[0]).resolve().is_relative_to(root):
-        raise SystemExit(f"timing the engine in {root} imported nanorl from {lines[0]} instead")
+        raise RunError(f"timing the engine in {root} imported nanorl from {lines[0]} instead")
     return float(lines[1])
 
 
@@ -206,14 +206,15 @@ def print_table(rows: list[tuple[str, str]]):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    check_heads(args.n_embd, args.n_head)
     if args.prompt_len + args.new_tokens > args.block_size:
-        raise SystemExit(f"--prompt-len {args.prompt_len} + --new-tokens {args.new_tokens} exceeds "
+        raise RunError(f"--prompt-len {args.prompt_len} + --new-tokens {args.new_tokens} exceeds "
                          f"--block-size {args.block_size}; shorten one of them")
     device = pick_device(args.device)
     if args.baseline and not (Path(args.baseline) / "nanorl" / "engine.py").is_file():
-        raise SystemExit(f"--baseline {args.baseline}: no nanorl/engine.py there; pass a nanorl checkout")
+        raise RunError(f"--baseline {args.baseline}: no nanorl/engine.py there; pass a nanorl checkout")
     if args.baseline and (device != "cpu" or args.dtype == "bf16"):
-        raise SystemExit("--baseline times both engines in fp32 on the CPU; add --device cpu and leave --dtype")
+        raise RunError("--baseline times both engines in fp32 on the CPU; add --device cpu and leave --dtype")
     dtype, reason = pick_dtype(device, args.dtype)
     dtype_name = "bf16" if dtype == torch.bfloat16 else "fp32"
     autocast = autocast_context(device, dtype)  # weights and optimizer state stay fp32, as in training
@@ -252,7 +253,7 @@ def main(argv=None) -> dict:
         "flops_per_token": flops_per_token,
         "num_params": model.num_params(),
         "device": device,
-        "device_name": torch.cuda.get_device_name() if device == "cuda" else device,
+        "device_name": torch.cuda.get_device_name(device) if device.startswith("cuda") else device,
         "dtype": dtype_name,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -279,4 +280,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    runtime.run_cli(main)

@@ -1,4 +1,4 @@
-"""Every top-level script against a table of bad inputs: each must stop with exit code 2 and ONE
+"""Every top-level script (and the benchmark) against a table of bad inputs: each must stop with exit code 2 and ONE
 line starting with `error:`, print no traceback, and leave every run directory that existed
 before byte-for-byte unchanged."""
 
@@ -52,6 +52,7 @@ RM = ["train_rm.py", "--preset", "test"]
 PRE = ["train_pretrain.py", "--preset", "test"]
 MDL = ["probe_mdl.py", "--preset", "smoke"]
 RLP = ["rlp.py", "--preset", "test"]
+BENCH = ["-m", "nanorl.bench"]
 CASES = {  # name: (argv with {world paths}; --out defaults to a new directory, what the error line must say)
     "ppo: --out is --init": (PPO + ["--init", "{pre}", "--out", "{pre}"], "overlaps the input run"),
     "ppo: --out inside --init": (PPO + ["--init", "{pre}", "--out", "{pre}/sub"], "overlaps the input run"),
@@ -113,6 +114,10 @@ CASES = {  # name: (argv with {world paths}; --out defaults to a new directory, 
     "mdl: --probe-n too small": (MDL + ["--probe-n", "5"], "--probe-n"),
     "mdl: --seeds 0": (MDL + ["--seeds", "0"], "--seeds"),
     "mdl: --resume without runs.jsonl": (MDL + ["--resume"], "runs.jsonl not found"),
+    "bench: --device absent": (BENCH + ["--device", "cuda:99"], "--device cuda:99: this machine has"),
+    "bench: heads of an odd size": (BENCH + ["--n-embd", "60", "--n-head", "4"], "--n-embd 60 does not split"),
+    "bench: --new-tokens beyond context": (BENCH + ["--new-tokens", "300"], "exceeds --block-size 256"),
+    "bench: --baseline not a checkout": (BENCH + ["--baseline", "{root}/nowhere"], "no nanorl/engine.py there"),
     "rlp: --init missing": (RLP + ["--init", "{root}/nowhere", "--rm", "{rm}", "--policy", "{policy}"],
                             "no such run directory"),
     "rlp: --policy is a pretraining run": (RLP + ["--init", "{pre}", "--rm", "{rm}", "--policy", "{pre}"],

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from nanorl import bench
+from nanorl.runtime import RunError
 
 
 TINY = ["--vocab-size", "64", "--block-size", "32", "--n-layer", "1", "--n-head", "2", "--n-embd", "16",
@@ -32,7 +33,7 @@ def test_bench_writes_results(tmp_path, capsys):
 
 
 def test_bench_rejects_too_long_sampling(tmp_path):
-    with pytest.raises(SystemExit, match="block-size"):
+    with pytest.raises(RunError, match="block-size"):
         bench.main(TINY + ["--new-tokens", "30", "--out", str(tmp_path / "bench.json")])
 
 
@@ -47,14 +48,14 @@ def test_bench_baseline_times_both_engines_alternating(tmp_path):
 
 
 def test_bench_baseline_must_be_a_checkout_timed_on_the_cpu(tmp_path, monkeypatch):
-    with pytest.raises(SystemExit, match="no nanorl/engine.py"):
+    with pytest.raises(RunError, match="no nanorl/engine.py"):
         bench.main(TINY + ["--baseline", str(tmp_path), "--out", str(tmp_path / "b.json")])
     root = str(Path(bench.__file__).resolve().parents[1])
     monkeypatch.setattr(bench, "measure_peak_flops", lambda *a, **k: pytest.fail("measured before refusing"))
-    with pytest.raises(SystemExit, match="fp32 on the CPU"):
+    with pytest.raises(RunError, match="fp32 on the CPU"):
         bench.main(TINY + ["--baseline", root, "--dtype", "bf16", "--out", str(tmp_path / "b.json")])
     monkeypatch.setattr(bench, "pick_device", lambda choice: "cuda")
-    with pytest.raises(SystemExit, match="fp32 on the CPU"):
+    with pytest.raises(RunError, match="fp32 on the CPU"):
         bench.main(TINY + ["--baseline", root, "--out", str(tmp_path / "b.json")])
 
 
@@ -63,5 +64,5 @@ def test_engine_rate_refuses_a_checkout_that_imports_another_nanorl(tmp_path):
     (tmp_path / "nanorl").mkdir()
     spec = {"model": {"vocab_size": 64, "block_size": 32, "n_layer": 1, "n_head": 2, "n_embd": 16},
             "threads": 1, "seed": 0, "batch": 2, "prompt_len": 4, "new_tokens": 4}
-    with pytest.raises(SystemExit, match="timing the engine in .*(imported nanorl from|failed)"):
+    with pytest.raises(RunError, match="timing the engine in .*(imported nanorl from|failed)"):
         bench.engine_rate(tmp_path.resolve(), json.dumps(spec))
