@@ -17,9 +17,9 @@ Three measurements on a randomly initialised GPT (speed does not depend on the w
            new tokens): the FLOPs the model needs, not those a full-length cache spends.
            The engine is timed three times and the best run kept; naive once (it is slow).
   baseline with --baseline DIR (another checkout, e.g. `git worktree add /tmp/old <commit>`): this
-           engine and that one, each in a fresh fp32 CPU process, alternating for three rounds (in
-           turned order every other round) so that both see the same machine; engine_vs_baseline
-           is the median of the rounds' ratios. Absolute speeds move from machine to machine; this
+           engine and that one, each in a fresh fp32 CPU process, alternating for --rounds rounds
+           (default 3; in turned order every other round) so that both see the same machine;
+           engine_vs_baseline is the median of the rounds' ratios. Absolute speeds move from machine to machine; this
            ratio is what a speed-up claim rests on.
   grpo     one whole GRPO step (algos.grpo_step defaults: 2 epochs x 2 minibatches, beta 0) at
            --grpo-prompts x --grpo-samples x --new-tokens: sample_s (the engine), update_s
@@ -69,6 +69,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seeds the weights, the random tokens and the sampler")
     p.add_argument("--baseline", default=None,
                    help="another nanorl checkout whose engine to time against this one, side by side (CPU)")
+    p.add_argument("--rounds", type=positive_int, default=3,
+                   help="with --baseline: rounds of the side-by-side timing (more give a steadier median)")
     p.add_argument("--out", default="bench.json", help="where to write the results as JSON")
     return p.parse_args(argv)
 
@@ -151,14 +153,14 @@ def engine_rate(root: Path, spec: str) -> float:
     return float(lines[1])
 
 
-def compare_with_baseline(args, config: GPTConfig, rounds: int = 3) -> dict:
+def compare_with_baseline(args, config: GPTConfig) -> dict:
     """Engine tokens/s of this checkout and of args.baseline, in fresh processes, alternating."""
     spec = json.dumps(dict(model=config.to_dict(), threads=torch.get_num_threads(), seed=args.seed,
                            batch=args.batch, prompt_len=args.prompt_len, new_tokens=args.new_tokens))
     checkouts = {"this": Path(__file__).resolve().parents[1], "baseline": Path(args.baseline).resolve()}
     rates = {name: [] for name in checkouts}
     order = list(checkouts.items())
-    for round_ in range(rounds):
+    for round_ in range(args.rounds):
         for name, root in order[::-1] if round_ % 2 else order:  # turn the order: no first-mover bias
             rates[name].append(engine_rate(root, spec))
     ratios = [this / base for this, base in zip(rates["this"], rates["baseline"])]
