@@ -164,7 +164,7 @@ def best_of_n(init, rm, tokenizer, problems, args, device, dtype) -> dict:
     responses, gold, _ = sample_responses(init, tokenizer, problems, args, args.seed + 5, device, dtype, "best-of-n")
     K = args.samples_per_prompt
     scores = score_responses(rm, responses, tokenizer, args, device, dtype).view(-1, K)[:, 1:]
-    gold = torch.tensor(gold).view(-1, K)
+    gold = torch.tensor(gold, device=scores.device).view(-1, K)
     best = gold[:, 1:].gather(1, scores.argmax(1, keepdim=True)).squeeze(1)
     wins = evals.judge_win_probability(best, gold[:, 0], args.judge_temperature)
     return {"n": K - 1, "win_rate": wins.mean().item(), "win_rate_stderr": wins.std().item() / len(wins) ** 0.5,

@@ -362,7 +362,7 @@ def start_run(args, trainer, info, device, dtype):
         rundir.check_resume(args.out, "policy", args, RESUME_MAY_CHANGE, world_size=info.world_size)
     log = runtime.MetricsLog(os.path.join(args.out, "metrics.jsonl"), info.is_main, truncate=not args.resume)
     if args.resume:
-        start = trainer.load(runtime.load_checkpoint(os.path.join(args.out, "ckpt.pt"), device))
+        start = trainer.load(runtime.load_checkpoint(os.path.join(args.out, "ckpt.pt")))
         log.drop_after(start)
         print0(f"resuming from step {start}", info=info)
         return start, runtime.read_json(os.path.join(args.out, "eval_before.json")), log

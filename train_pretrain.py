@@ -174,7 +174,7 @@ def train(args, info, device, dtype, tokenizer, tokens, config):
     data_gen = torch.Generator().manual_seed(args.seed * 1000 + info.rank)
     start, log = 0, runtime.MetricsLog(os.path.join(args.out, "metrics.jsonl"), info.is_main, not args.resume)
     if args.resume:
-        ckpt = runtime.load_checkpoint(os.path.join(args.out, "ckpt.pt"), device)  # flags checked in main
+        ckpt = runtime.load_checkpoint(os.path.join(args.out, "ckpt.pt"))  # flags checked in main
         raw_model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start = ckpt["step"]

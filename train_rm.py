@@ -262,7 +262,7 @@ def resume_run(args, policy, config, device) -> Run:
     """The run in --out/ckpt.pt, after checking that it was started with the same flags and --init model."""
     rundir.check_resume(args.out, "rm", args)
     path = os.path.join(args.out, "ckpt.pt")
-    ckpt = runtime.load_checkpoint(path, device)
+    ckpt = runtime.load_checkpoint(path)
     if ckpt["config"]["model"] != config["model"]:
         raise RunError(f"{path} was started from another model than --init {args.init} now holds; "
                        f"pass --overwrite to start again")

@@ -24,6 +24,7 @@ import random
 import signal
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
 import torch
@@ -229,7 +230,8 @@ def init_distributed(device: str) -> tuple[Dist, str]:
     if device.startswith("cuda"):
         device = f"cuda:{info.local_rank}"
         torch.cuda.set_device(device)
-    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    # rank 0 evaluates alone while the others wait in a barrier: allow longer than the defaults (nccl 10 min)
+    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo", timeout=timedelta(hours=2))
     return info, device
 
 
@@ -239,10 +241,14 @@ def barrier(info: Dist):
 
 
 def all_reduce_sum(value: torch.Tensor, info: Dist) -> torch.Tensor:
-    if info.enabled:
-        value = value.clone()
-        dist.all_reduce(value, op=dist.ReduceOp.SUM)
-    return value
+    """The sum over ranks, on value's device. nccl reduces CUDA tensors only, so a count kept on the
+    CPU goes to this rank's GPU and back."""
+    if not info.enabled:
+        return value
+    on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else value.device
+    total = value.to(on, copy=True)
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total.to(value.device)
 
 
 def all_reduce_mean(value: torch.Tensor, info: Dist) -> torch.Tensor:
@@ -344,13 +350,15 @@ def save_checkpoint(path: str, state: dict):
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: str, device: str = "cpu") -> dict:
-    """A checkpoint written by save_checkpoint. weights_only=True: tensors and plain containers
-    only, so a checkpoint file cannot run code when it is loaded."""
+def load_checkpoint(path: str) -> dict:
+    """A checkpoint written by save_checkpoint, on the CPU. weights_only=True: tensors and plain
+    containers only, so a checkpoint file cannot run code when it is loaded. CPU because RNG and
+    generator states must be CPU byte tensors; load_state_dict copies weights and optimizer state
+    to the parameters' device."""
     if not os.path.exists(path):
         raise RunError(f"checkpoint {path} not found")
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch's zip reader and safe unpickler raise many types
         raise RunError(f"{path} is unreadable, truncated or corrupt ({str(err)[:120]}); "
                        f"start again with --overwrite") from None
@@ -362,7 +370,7 @@ def load_checkpoint(path: str, device: str = "cpu") -> dict:
 def sync(device: str):
     """Wait for queued kernels, so wall-clock time covers the work and not just its launch."""
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)  # this device's queue, not the current one's (--device cuda:1)
     elif device == "mps":
         torch.mps.synchronize()
 

@@ -1,8 +1,9 @@
-"""Tests for nanorl/runtime.py's input checks: the numeric argparse types and iter_jsonl."""
+"""Tests for nanorl/runtime.py: the numeric argparse types, iter_jsonl, checkpoint loading and device sync."""
 
 import argparse
 
 import pytest
+import torch
 
 from nanorl import bench, runtime
 from nanorl.runtime import DataError, iter_jsonl, non_negative_float, non_negative_int, positive_float, positive_int
@@ -54,3 +55,28 @@ def test_iter_jsonl_names_file_and_line(tmp_path):
     with pytest.raises(DataError, match=f"{path}, line 4: invalid JSON"):
         next(rows)
     assert issubclass(DataError, runtime.RunError) and issubclass(DataError, ValueError)
+
+
+def test_checkpoints_load_on_the_cpu_whatever_the_run_device(tmp_path, monkeypatch):
+    """RNG and generator states must come back as CPU byte tensors (set_state refuses CUDA ones);
+    load_state_dict moves weights to the model's device itself."""
+    path = str(tmp_path / "ckpt.pt")
+    generator = torch.Generator().manual_seed(5)
+    runtime.save_checkpoint(path, {"rng": runtime.rng_state(), "generator": generator.get_state(), "w": torch.ones(2)})
+    seen = []
+    load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: seen.append(k["map_location"]) or load(*a, **k))
+    state = runtime.load_checkpoint(path)
+    assert seen == ["cpu"] and state["generator"].device.type == "cpu"
+    expected = torch.rand(3, generator=generator)
+    restored = torch.Generator()
+    restored.set_state(state["generator"])
+    assert torch.equal(torch.rand(3, generator=restored), expected)
+
+
+def test_sync_waits_on_the_device_it_is_given(monkeypatch):
+    waited = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waited.append(device))
+    runtime.sync("cuda:1")
+    runtime.sync("cpu")
+    assert waited == ["cuda:1"]
