@@ -19,8 +19,8 @@ Three measurements on a randomly initialised GPT (speed does not depend on the w
   baseline with --baseline DIR (another checkout, e.g. `git worktree add /tmp/old <commit>`): this
            engine and that one, each in a fresh fp32 CPU process, alternating for --rounds rounds
            (default 3; in turned order every other round) so that both see the same machine;
-           engine_vs_baseline is the median of the rounds' ratios. Absolute speeds move from machine to machine; this
-           ratio is what a speed-up claim rests on.
+           engine_vs_baseline is the median of the rounds' ratios. Absolute speeds move from
+           machine to machine; this ratio is what a speed-up claim rests on.
   grpo     one whole GRPO step (algos.grpo_step defaults: 2 epochs x 2 minibatches, beta 0) at
            --grpo-prompts x --grpo-samples x --new-tokens: sample_s (the engine), update_s
            (forward + backward + AdamW) and grpo_step_s, their sum plus the reward. The reward is a
@@ -211,7 +211,7 @@ def main(argv=None) -> dict:
     check_heads(args.n_embd, args.n_head)
     if args.prompt_len + args.new_tokens > args.block_size:
         raise RunError(f"--prompt-len {args.prompt_len} + --new-tokens {args.new_tokens} exceeds "
-                         f"--block-size {args.block_size}; shorten one of them")
+                       f"--block-size {args.block_size}; shorten one of them")
     device = pick_device(args.device)
     if args.baseline and not (Path(args.baseline) / "nanorl" / "engine.py").is_file():
         raise RunError(f"--baseline {args.baseline}: no nanorl/engine.py there; pass a nanorl checkout")
