@@ -364,7 +364,6 @@ def load_checkpoint(path: str) -> dict:
                        f"start again with --overwrite") from None
 
 
-
 # ----------------------------------------------------------------------------- timing
 
 def sync(device: str):
