@@ -276,6 +276,7 @@ class Trainer:
                 return self.offline_step(step), None
             ids, problems = step_problems(self.pool, step, args, self.info)
             batch = self.sample(problems, args.samples, 1.0 if args.algo == "ei" else args.temperature)
+            gold = self.gold_stats(batch, problems) if args.reward == "rm" else {}
             if args.algo == "ppo":
                 stats = algos.ppo_step(self.train_policy, self.ref, self.train_value, self.optimizer, batch, cfg,
                                        self.info.world_size, self.all_reduce)
@@ -287,7 +288,13 @@ class Trainer:
             else:
                 pairs = algos.preference_pairs(batch)
                 stats = {} if pairs is None else algos.dpo_step(self.train_policy, self.ref, self.optimizer, *pairs, cfg)
-        return stats, batch
+        return {**gold, **stats}, batch
+
+    def gold_stats(self, batch, problems) -> dict:
+        """--reward rm: the gold reward of the samples the RM scored, and sqrt(KL) of the policy that drew
+        them, before this step's update (the over-optimisation curve; a real user has no gold reward)."""
+        gold = evals.rollout_gold(batch, problems, self.args.max_new_tokens, self.args.quality_coef, self.args.gold)
+        return evals.overoptimisation_stats(gold, algos.sequence_kl(self.policy, self.ref, batch), self.info)
 
     def expert_iteration(self, batch, ids) -> dict:
         kept = algos.to_lists(batch, rl.dedupe_correct([ids[i // batch.group_size] for i in range(len(batch.texts))],

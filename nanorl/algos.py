@@ -135,6 +135,15 @@ def kl_to_reference(ref, batch: Rollout) -> float:
     return rl.masked_mean(rl.kl_k1(gen.logprobs, ref_lp), gen.mask).item()
 
 
+def sequence_kl(policy, ref, batch: Rollout) -> torch.Tensor:
+    """(N,) KL(pi || pi_0) of each sampled response: the sum over its tokens of log pi - log pi_0, both
+    recomputed by one no-grad forward each (so it is exactly 0 while the policy still equals the
+    reference; the sampler's own logprobs differ from a recompute by float rounding)."""
+    gen = batch.gen
+    with torch.no_grad():
+        return (sequence_logprobs(policy, gen, batch.temperature) - sequence_logprobs(ref, gen, batch.temperature)).sum(1)
+
+
 def ppo_step(policy, ref, value_model, optimizer, batch: Rollout, cfg: RLConfig, world_size: int = 1,
              all_reduce=lambda t: t) -> dict:
     """One rollout's PPO update. Whitening and the loss's token mean span every rank (all_reduce

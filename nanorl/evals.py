@@ -175,6 +175,26 @@ def rollout_stats(batch, info) -> dict:
     return out
 
 
+def rollout_gold(batch, problems: list[Problem], max_new_tokens: int, quality_coef: float,
+                 gold_kind: str = "answer") -> torch.Tensor:
+    """(N,) the gold reward (reward.gold_reward) of each sample of a rollout; problems: one per prompt."""
+    lengths, ended = batch.gen.mask.sum(1).tolist(), batch.gen.ended.tolist()
+    return torch.tensor([gold_reward(text, problems[i // batch.group_size], lengths[i], ended[i], max_new_tokens,
+                                     quality_coef, gold_kind, correct=bool(batch.correct[i]))
+                         for i, text in enumerate(batch.texts)], dtype=torch.float64)
+
+
+def overoptimisation_stats(gold: torch.Tensor, kl: torch.Tensor, info) -> dict:
+    """Gao et al.'s over-optimisation coordinates for one rollout (all ranks), beside its proxy reward
+    (rollout_stats' reward_mean, the RM's score): the mean gold reward of the same samples, and
+    sqrt(KL(pi || pi_0)), with KL the mean over samples of each response's KL (algos.sequence_kl).
+    A KL estimate a little below 0 (sampling noise near pi_0) counts as 0."""
+    sums = runtime.all_reduce_sum(torch.tensor([gold.sum().item(), kl.sum().item(), len(gold)], dtype=torch.float64),
+                                  info).tolist()
+    gold_mean, kl_mean = sums[0] / sums[2], sums[1] / sums[2]
+    return {"gold_reward": gold_mean, "kl_seq": kl_mean, "sqrt_kl": max(kl_mean, 0.0) ** 0.5}
+
+
 def eval_record(result: dict) -> dict:
     """The held-out metrics that go into a metrics.jsonl line."""
     record = {"eval/pass@1": result["pass@1"], "eval/pass@k": result["pass@k"], "eval/maj@k": result["maj@k"]}
@@ -200,7 +220,18 @@ def write_plots(args, metrics: list[dict], before: dict, after: dict):
                      ([m["step"] for m in evals_at], [m["eval/pass@k"] for m in evals_at]),
                  f"maj@{args.eval_samples}": ([m["step"] for m in evals_at], [m["eval/maj@k"] for m in evals_at])},
                 f"Held-out accuracy during {args.algo.upper()}", "step", "fraction of problems")
+    if any("gold_reward" in m for m in metrics):
+        plot_overoptimisation(os.path.join(out, "overoptimisation.png"), [m for m in metrics if "sqrt_kl" in m],
+                              f"{args.algo.upper()} against the reward model {args.rm}")
     plots.bars(os.path.join(out, "pass_at_1_by_difficulty.png"),
                {"before": before["pass@1_by_difficulty"], "after": after["pass@1_by_difficulty"]},
                f"Greedy pass@1 by difficulty (trained on {args.min_difficulty}-{args.max_difficulty} steps)",
                "pass@1")
+
+
+def plot_overoptimisation(path: str, records: list[dict], title: str):
+    """Gao et al. 2022's figure: proxy (RM) and gold reward of the samples against sqrt(KL(pi || pi_0))."""
+    xs = [m["sqrt_kl"] for m in records]
+    plots.lines(path, {"proxy reward (RM score)": (xs, [m["reward_mean"] for m in records]),
+                       "gold reward (verifier + shortness)": (xs, [m["gold_reward"] for m in records])},
+                title, "sqrt(KL(pi || pi_0)) in nats^0.5", "mean reward of the step's samples")

@@ -12,7 +12,10 @@ import time
 import pytest
 
 from conftest import ROOT, run_script, snapshot
+import torch
+
 from nanorl import rundir, runtime, tasks, verifier
+from nanorl.reward import gold_reward
 import train_ppo
 
 ALGOS = ["ppo", "grpo", "ei", "online_dpo", "dpo", "sft"]
@@ -77,9 +80,34 @@ def test_ppo_and_online_dpo_with_a_reward_model(pretrained_run, tmp_path):
     for algo in ("ppo", "online_dpo"):
         out = tmp_path / f"{algo}_rm"
         run_script("train_ppo.py", "--init", str(pretrained_run), "--algo", algo, "--reward", "rm", "--rm", str(rm),
-                   "--preset", "test", "--out", str(out), "--max-steps", "1")
+                   "--preset", "test", "--out", str(out), "--max-steps", "2")
         config = json.loads((out / "config.json").read_text())
         assert config["rm"] == str(rm) and config["init"] == str(pretrained_run)
+        step_one = read_metrics(out)[1]  # the samples of the initial policy: pi = pi_0
+        assert step_one["sqrt_kl"] == 0.0 and step_one["kl_seq"] == 0.0
+        assert 0.0 <= step_one["gold_reward"] <= 1.1
+        assert (out / "overoptimisation.png").exists()
+
+
+def test_logged_gold_reward_is_the_gold_reward_of_the_samples(pretrained_run, tmp_path):
+    """Trainer.step's gold_reward is the mean of reward.gold_reward over the very samples the RM scored,
+    and the policy that drew them is the reference at step 0 (KL exactly 0), not after updates."""
+    rm = tmp_path / "rm"
+    run_script("train_rm.py", "--init", str(pretrained_run), "--out", str(rm), "--preset", "test")
+    args = train_ppo.parse_args(["--init", str(pretrained_run), "--reward", "rm", "--rm", str(rm), "--preset", "test",
+                                 "--out", str(tmp_path / "unused"), "--prompts-per-step", "3", "--samples", "2"])
+    trainer = train_ppo.Trainer(args, runtime.Dist(), "cpu", torch.float32)
+    for step in range(3):
+        stats, batch = trainer.step(step)
+        _, problems = train_ppo.step_problems(trainer.pool, step, args, trainer.info)
+        lengths = batch.gen.mask.sum(1).tolist()
+        naive = [gold_reward(text, problems[i // 2], lengths[i], bool(batch.gen.ended[i]), args.max_new_tokens,
+                             args.quality_coef) for i, text in enumerate(batch.texts)]
+        assert stats["gold_reward"] == pytest.approx(sum(naive) / len(naive), abs=1e-12)
+        assert stats["sqrt_kl"] == pytest.approx(max(stats["kl_seq"], 0) ** 0.5)
+        if step == 0:
+            assert stats["kl_seq"] == 0.0
+    assert stats["kl_seq"] > 0.0  # two updates later the policy has moved
 
 
 def read_metrics(run) -> list[dict]:
