@@ -41,7 +41,11 @@ from nanorl.reward import GOLD_KINDS, Pair, packed, read_preferences, reference_
 from nanorl.runtime import RunError, non_negative_float, positive_float, positive_int, print0
 
 ALGOS = ("ppo", "grpo", "ei", "dpo", "online_dpo", "sft")
-RM_KL_COEF = 0.02  # InstructGPT's order of magnitude: with a learned reward, beta = 0 invites reward hacking
+# --reward rm defaults, chosen once from the over-optimisation experiment (docs/rm/README.md), never from
+# the gold reward inside a run: the RM's proxy reward keeps rising while the gold reward of the samples
+# peaks and falls, sooner the smaller beta is. beta = 0.1 holds sqrt(KL(pi || pi_0)) near the peak.
+RM_KL_COEF = 0.1
+RM_MAX_STEPS = {"tiny": 40}  # the preset's own step count for the others
 PRESETS = {
     # CPU, minutes: 16 prompts x 8 samples per step
     "tiny": dict(max_steps=60, prompts_per_step=16, samples=8, lr=1e-4, n_train_prompts=2000, n_eval=200,
@@ -69,7 +73,8 @@ def parse_args(argv=None):
     p.add_argument("--min-difficulty", type=int, choices=steps, default=1, help="easiest training problems (steps)")
     p.add_argument("--max-difficulty", type=int, choices=steps, default=4, help="hardest training problems (steps)")
     p.add_argument("--eval-max-difficulty", type=int, choices=steps, default=4, help="hardest held-out problems")
-    p.add_argument("--max-steps", type=positive_int, help="policy updates (EI: rounds)")
+    p.add_argument("--max-steps", type=positive_int, help="policy updates (EI: rounds); with --reward rm and the tiny "
+                                                          f"preset {RM_MAX_STEPS['tiny']} (over-optimisation)")
     p.add_argument("--prompts-per-step", type=positive_int, help="prompts per rollout (over all ranks)")
     p.add_argument("--samples", type=positive_int, help="responses per prompt (GRPO group size, EI k, online DPO K)")
     p.add_argument("--temperature", type=positive_float, default=0.7,
@@ -117,6 +122,8 @@ def parse_args(argv=None):
     p.add_argument("--overwrite", action="store_true", help="replace --out if it already holds a run")
     p.add_argument("--stop-after", type=positive_int, default=None, help="save a checkpoint and exit after this step")
     args = p.parse_args(argv)
+    if args.reward == "rm" and args.max_steps is None:
+        args.max_steps = RM_MAX_STEPS.get(args.preset)
     runtime.apply_preset(args, PRESETS)
     if args.kl_coef is None:
         args.kl_coef = RM_KL_COEF if args.reward == "rm" else 0.0

@@ -21,6 +21,10 @@ From metrics.jsonl (training steps, those with "share/*"): the first step at whi
 of the samples is below 5%, the share of each format over the last 10 steps, and the training
 time (sum of the per-step "time": rollout and update, without the held-out evaluations).
 Missing values (offline algorithms sample nothing; omi2 may never fall below 5%) are null.
+From a --reward rm run's metrics.jsonl (Gao et al. 2022's over-optimisation curve), after a
+7-step moving mean (evals.SMOOTH): the gold reward of the samples at the start, at its peak and at the
+end, the step and sqrt(KL(pi || pi_0)) of the peak, sqrt(KL) at the end, and the proxy (RM)
+reward at the start and end.
 
 Per group: each metric's per-seed values, their mean and sample std (ddof=1; null for fewer than
 two values), computed over the values that exist (the table then says "(2/3)"); wins per format.
@@ -30,7 +34,8 @@ Writes DIR/summary.json, DIR/summary.md (also printed), DIR/win_rate.png (win-ra
 pass@1, mean ± std per group) and, per group, DIR/<group>_format_share.png
 (characters other than letters, digits and ._=- become _): the training-sample share of each
 format over steps, mean over seeds with a min-max band (min-max rather than ± std: with 2-3
-seeds it shows every seed's curve inside it).
+seeds it shows every seed's curve inside it). With --reward rm runs, also DIR/gold_vs_kl.png and
+DIR/proxy_vs_kl.png: each group's curves against sqrt(KL), mean and min-max band over seeds.
 """
 
 import argparse
@@ -40,7 +45,7 @@ import re
 import statistics
 from collections import Counter
 
-from nanorl import plots, rundir, runtime, verifier
+from nanorl import evals, plots, rundir, runtime, verifier
 from nanorl.runtime import RunError
 
 # micro_batch, ckpt_every and eval_every change memory and bookkeeping, not results (see train_ppo.py --help)
@@ -130,7 +135,47 @@ def run_values(run: dict, formats: list[str]) -> dict:
         (m["step"] for m in rollouts if m.get(f"share/{COLLAPSE_FORMAT}", 0.0) < COLLAPSE_BELOW), None)
     times = [m["time"] for m in run["metrics"] if "time" in m]
     values["training time (s)"] = sum(times) if times else None
-    return values
+    return values | overoptimisation_values(run)
+
+
+def rm_curves(run: dict) -> dict[str, list]:
+    """A --reward rm run's smoothed per-step curves: step, sqrt(KL), gold and proxy reward of the samples."""
+    steps = [m for m in run["rollouts"] if "gold_reward" in m]
+    return {"step": [m["step"] for m in steps]} | {key: plots.smoothed([m[key] for m in steps], evals.SMOOTH) for key in
+                                                   ("sqrt_kl", "gold_reward", "reward_mean")} if steps else {}
+
+
+def overoptimisation_values(run: dict) -> dict:
+    """Where the gold reward of the samples peaks (smoothed), in steps and in sqrt(KL), and where it ends."""
+    curves = rm_curves(run)
+    if not curves:
+        return {}
+    gold, kl = curves["gold_reward"], curves["sqrt_kl"]
+    peak = max(range(len(gold)), key=gold.__getitem__)
+    return {"sample gold reward, start": gold[0], "sample gold reward, peak": gold[peak],
+            "sample gold reward, end": gold[-1], "step of the gold peak": curves["step"][peak],
+            "sqrt KL at the gold peak": kl[peak], "sqrt KL at the end": kl[-1],
+            "proxy (RM) reward, start": curves["reward_mean"][0], "proxy (RM) reward, end": curves["reward_mean"][-1]}
+
+
+def plot_overoptimisation(out: str, groups: list[dict], grouped: list[list[dict]]):
+    """gold_vs_kl.png and proxy_vs_kl.png: per group, the seeds' mean curve against their mean sqrt(KL),
+    with a min-max band, at the steps every seed logged."""
+    for key, name, label in (("gold_reward", "gold_vs_kl.png", "gold reward"),
+                             ("reward_mean", "proxy_vs_kl.png", "proxy (RM) reward")):
+        series = {}
+        for group, runs in zip(groups, grouped):
+            curves = [rm_curves(run) for run in runs]
+            if not all(curves):
+                continue
+            n = min(len(c["step"]) for c in curves)
+            columns = [[c[key][i] for c in curves] for i in range(n)]
+            series[group["name"]] = ([statistics.fmean(c["sqrt_kl"][i] for c in curves) for i in range(n)],
+                                     [statistics.fmean(c) for c in columns], [min(c) for c in columns],
+                                     [max(c) for c in columns])
+        if series:
+            plots.bands(os.path.join(out, name), series, f"{label} of the samples vs distance from the initial policy "
+                        f"(mean, min-max over seeds; {evals.SMOOTH}-step mean)", "sqrt(KL(pi || pi_0))", label)
 
 
 def stats(values: list) -> dict:
@@ -220,13 +265,15 @@ def main(argv=None):
         if group["plot"]:
             plot_format_share(os.path.join(args.out, group["plot"]), group, members, formats)
     plot_outcomes(os.path.join(args.out, "win_rate.png"), groups)
+    plot_overoptimisation(args.out, groups, grouped)
     table = markdown(groups)
     runtime.write_json(os.path.join(args.out, "summary.json"),
                        {"formats": formats, "band": "min-max", "groups": groups})
     with open(os.path.join(args.out, "summary.md"), "w") as f:
         f.write(table + "\n" + "".join(f"![{g['name']}]({g['plot']})\n" for g in groups if g["plot"]))
     print(table)
-    print(f"wrote {args.out}/ (summary.json, summary.md, win_rate.png, *_format_share.png)")
+    print(f"wrote {args.out}/ (summary.json, summary.md, win_rate.png, *_format_share.png; --reward rm runs: "
+          "gold_vs_kl.png, proxy_vs_kl.png)")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ from nanorl.engine import generate
 from nanorl.reward import gold_reward
 from nanorl.tasks import Problem, encode_prompts
 
+SMOOTH = 7  # steps in the moving mean of over-optimisation curves: one step's gold mean is noisy
+
 
 def sample_completions(model, tokenizer, questions: list[str], *, n_samples: int = 1, temperature: float = 0.0,
                        max_new_tokens: int = 128, batch_size: int = 64, generator=None) -> list[list[str]]:
@@ -232,6 +234,6 @@ def write_plots(args, metrics: list[dict], before: dict, after: dict):
 def plot_overoptimisation(path: str, records: list[dict], title: str):
     """Gao et al. 2022's figure: proxy (RM) and gold reward of the samples against sqrt(KL(pi || pi_0))."""
     xs = [m["sqrt_kl"] for m in records]
-    plots.lines(path, {"proxy reward (RM score)": (xs, [m["reward_mean"] for m in records]),
-                       "gold reward (verifier + shortness)": (xs, [m["gold_reward"] for m in records])},
-                title, "sqrt(KL(pi || pi_0)) in nats^0.5", "mean reward of the step's samples")
+    plots.smoothed_paths(path, {"proxy reward (RM score)": (xs, [m["reward_mean"] for m in records]),
+                                "gold reward (verifier + shortness)": (xs, [m["gold_reward"] for m in records])},
+                         SMOOTH, title, "sqrt(KL(pi || pi_0)), nats^0.5", "mean reward of a step's samples")

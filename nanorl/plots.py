@@ -1,11 +1,12 @@
 """Plots every script writes next to its metrics: one PNG per call, drawn off-screen (Agg).
 
-`figure` is the one place a figure is made, saved and closed; lines, bands, bars and stacked
-shares are the four shapes the run directories use. matplotlib is imported on first use, so
+`figure` is the one place a figure is made, saved and closed; lines, bands, bars, stacked
+shares and smoothed point clouds are the shapes the run directories use. matplotlib is imported on first use, so
 importing nanorl stays quick.
 """
 
 import contextlib
+import statistics
 
 
 @contextlib.contextmanager
@@ -75,3 +76,22 @@ def stacked(path: str, xs: list, shares: dict[str, list], title: str, xlabel: st
         ax.set(title=title, xlabel=xlabel, ylabel=ylabel, ylim=(0, 1),
                xlim=(min(xs), max(xs)) if len(xs) > 1 else None)
         ax.legend(loc="upper left", fontsize=8)
+
+
+def smoothed(values: list[float], window: int) -> list[float]:
+    """Centred moving mean; the window shrinks at the ends."""
+    half = window // 2
+    return [statistics.fmean(values[max(0, i - half):i + half + 1]) for i in range(len(values))]
+
+
+def smoothed_paths(path: str, series: dict[str, tuple[list, list]], window: int, title: str, xlabel: str,
+                   ylabel: str):
+    """Per named (x, y) series in time order: its points, and its path with both x and y smoothed by a
+    `window`-point moving mean (a noisy x, such as a per-step KL estimate, would zig-zag the raw path)."""
+    with figure(path) as (_, ax):
+        for name, (xs, ys) in series.items():
+            line, = ax.plot(smoothed(xs, window), smoothed(ys, window), label=f"{name} ({window}-step mean)")
+            ax.scatter(xs, ys, s=8, alpha=0.35, color=line.get_color())
+        ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend()

@@ -2,11 +2,12 @@
 
 import json
 import math
+import os
 
 import pytest
 
 from conftest import run_script
-from nanorl import compare
+from nanorl import compare, plots
 from nanorl.runtime import RunError
 
 STEPS = 12
@@ -175,3 +176,25 @@ def test_named_groups_are_taken_as_given(compared, tmp_path):
         compare.main([f"twice={dirs[0]},{dirs[0]}", "--out", str(tmp_path / "twice")])
     proc = run_script("-m", "nanorl.compare", f"a={dirs[0]}", dirs[1], "--out", str(tmp_path / "mixed"), check=False)
     assert proc.returncode == 2 and "NAME=RUN" in proc.stderr
+
+
+def test_overoptimisation_peak_of_reward_model_runs(tmp_path):
+    """A hand-made --reward rm curve: sqrt(KL) grows 0.5 a step, gold rises to step 6 and falls, the
+    proxy keeps rising. The 7-step centred mean keeps a linear stretch as it is, so the peak is known."""
+    runs = []
+    for seed, top in ((1, 1.0), (2, 0.8)):
+        run = make_run(tmp_path, f"rm_s{seed}", seed=seed, algo="ppo")
+        records = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))]
+        for r in records[1:]:
+            r.update(sqrt_kl=0.5 * (r["step"] - 1), gold_reward=top - 0.1 * abs(r["step"] - 6), reward_mean=r["step"])
+        open(os.path.join(run, "metrics.jsonl"), "w").write("".join(json.dumps(r) + "\n" for r in records))
+        runs.append(run)
+    assert plots.smoothed([0, 1, 2, 3, 4, 5, 6], 7) == [1.5, 2, 2.5, 3, 3.5, 4, 4.5]
+    compare.main([*runs, "--out", str(tmp_path / "compare")])
+    (group,) = json.loads((tmp_path / "compare" / "summary.json").read_text())["groups"]
+    metrics = group["metrics"]
+    assert metrics["step of the gold peak"]["values"] == [6, 6]
+    assert metrics["sqrt KL at the gold peak"]["mean"] == pytest.approx(2.5)
+    assert metrics["sample gold reward, peak"]["values"] == pytest.approx([1.0 - 1.2 / 7, 0.8 - 1.2 / 7])
+    assert metrics["proxy (RM) reward, end"]["mean"] == pytest.approx(10.5)  # mean of steps 9-12
+    assert (tmp_path / "compare" / "gold_vs_kl.png").exists() and (tmp_path / "compare" / "proxy_vs_kl.png").exists()

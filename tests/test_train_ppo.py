@@ -89,6 +89,18 @@ def test_ppo_and_online_dpo_with_a_reward_model(pretrained_run, tmp_path):
         assert (out / "overoptimisation.png").exists()
 
 
+def test_reward_model_defaults_stop_before_over_optimisation():
+    """--reward rm on the tiny preset: beta and steps from docs/rm's experiment; explicit flags win."""
+    rm = ["--init", "runs/pretrain", "--reward", "rm", "--rm", "runs/rm"]
+    args = train_ppo.parse_args(rm)
+    assert (args.kl_coef, args.max_steps) == (0.1, 40)
+    args = train_ppo.parse_args([*rm, "--kl-coef", "0", "--max-steps", "60"])
+    assert (args.kl_coef, args.max_steps) == (0.0, 60)
+    args = train_ppo.parse_args(["--init", "runs/pretrain"])  # the verifier's reward cannot be over-optimised
+    assert (args.kl_coef, args.max_steps) == (0.0, 60)
+    assert train_ppo.parse_args([*rm, "--preset", "gpu"]).max_steps == train_ppo.PRESETS["gpu"]["max_steps"]
+
+
 def test_logged_gold_reward_is_the_gold_reward_of_the_samples(pretrained_run, tmp_path):
     """Trainer.step's gold_reward is the mean of reward.gold_reward over the very samples the RM scored,
     and the policy that drew them is the reference at step 0 (KL exactly 0), not after updates."""
