@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reward-model over-optimisation (Gao, Schulman & Hilton 2022) at laptop scale: docs/rm/README.md.
 # One pretrained model (the main job's, seed 1337); per seed, the main job's reward model and PPO against
-# it with the KL coefficient beta in {0.1, 0.02, 0}, 40 steps each. About 70 minutes on a 2-core CPU.
+# it with the KL coefficient beta in {0.1, 0.02, 0}, 40 steps each (about 70 minutes on a 2-core CPU);
+# then the RLP stages of each seed, and one seed of RM variants and online DPO (about 75 more).
 set -euo pipefail
 python train_pretrain.py --out runs/pretrain
 python train_rm.py --seed 1 --init runs/pretrain --out runs/oo/s1/rm --label-noise 0.25
@@ -16,4 +17,20 @@ python train_rm.py --seed 3 --init runs/pretrain --out runs/oo/s3/rm --label-noi
 python train_ppo.py --seed 3 --init runs/pretrain --reward rm --rm runs/oo/s3/rm --kl-coef 0.1 --max-steps 40 --eval-every 10 --out runs/oo/s3/ppo_b0.1
 python train_ppo.py --seed 3 --init runs/pretrain --reward rm --rm runs/oo/s3/rm --kl-coef 0.02 --max-steps 40 --eval-every 10 --out runs/oo/s3/ppo_b0.02
 python train_ppo.py --seed 3 --init runs/pretrain --reward rm --rm runs/oo/s3/rm --kl-coef 0 --max-steps 40 --eval-every 10 --out runs/oo/s3/ppo_b0
-python -m nanorl.compare runs/oo/s1/ppo_b0.1 runs/oo/s2/ppo_b0.1 runs/oo/s3/ppo_b0.1 runs/oo/s1/ppo_b0.02 runs/oo/s2/ppo_b0.02 runs/oo/s3/ppo_b0.02 runs/oo/s1/ppo_b0 runs/oo/s2/ppo_b0 runs/oo/s3/ppo_b0 --out docs/rm/overopt
+# the main job's RLP stages for seeds 1-3: ppo_b0.1 is the default PPO run (beta 0.1, 40 steps; --eval-every
+# changes no result), so each seed's pipeline is rm -> ppo_b0.1 -> rm_rlp -> ppo_rlp
+python rlp.py --seed 1 --init runs/pretrain --rm runs/oo/s1/rm --policy runs/oo/s1/ppo_b0.1 --out runs/oo/s1/rm_rlp
+python train_ppo.py --seed 1 --init runs/pretrain --reward rm --rm runs/oo/s1/rm_rlp --out runs/oo/s1/ppo_rlp
+python rlp.py --seed 2 --init runs/pretrain --rm runs/oo/s2/rm --policy runs/oo/s2/ppo_b0.1 --out runs/oo/s2/rm_rlp
+python train_ppo.py --seed 2 --init runs/pretrain --reward rm --rm runs/oo/s2/rm_rlp --out runs/oo/s2/ppo_rlp
+python rlp.py --seed 3 --init runs/pretrain --rm runs/oo/s3/rm --policy runs/oo/s3/ppo_b0.1 --out runs/oo/s3/rm_rlp
+python train_ppo.py --seed 3 --init runs/pretrain --reward rm --rm runs/oo/s3/rm_rlp --out runs/oo/s3/ppo_rlp
+# how the peak moves with the RM (seed 1, beta 0): no label noise, a quarter of the pairs, the RLP-retrained RM
+python train_rm.py --seed 1 --init runs/pretrain --out runs/oo/s1/rm_clean --label-noise 0
+python train_ppo.py --seed 1 --init runs/pretrain --reward rm --rm runs/oo/s1/rm_clean --kl-coef 0 --max-steps 40 --eval-every 10 --out runs/oo/s1/ppo_b0_clean
+python train_rm.py --seed 1 --init runs/pretrain --out runs/oo/s1/rm_few --label-noise 0.25 --n-prompts 96
+python train_ppo.py --seed 1 --init runs/pretrain --reward rm --rm runs/oo/s1/rm_few --kl-coef 0 --max-steps 40 --eval-every 10 --out runs/oo/s1/ppo_b0_few
+python train_ppo.py --seed 1 --init runs/pretrain --reward rm --rm runs/oo/s1/rm_rlp --kl-coef 0 --max-steps 40 --eval-every 10 --out runs/oo/s1/ppo_b0_rlp
+# online DPO against the same RM (seed 1; its KL strength is --dpo-beta, 0.1)
+python train_ppo.py --seed 1 --init runs/pretrain --algo online_dpo --reward rm --rm runs/oo/s1/rm --max-steps 40 --eval-every 10 --out runs/oo/s1/odpo
+python -m nanorl.compare "PPO beta 0.1=runs/oo/s1/ppo_b0.1,runs/oo/s2/ppo_b0.1,runs/oo/s3/ppo_b0.1" "PPO beta 0.02=runs/oo/s1/ppo_b0.02,runs/oo/s2/ppo_b0.02,runs/oo/s3/ppo_b0.02" "PPO beta 0=runs/oo/s1/ppo_b0,runs/oo/s2/ppo_b0,runs/oo/s3/ppo_b0" --out docs/rm/overopt

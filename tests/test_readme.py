@@ -32,3 +32,15 @@ def test_pipeline_runs_every_script_with_valid_flags_in_order():
             if given is not None and f"--{flag}" in argv:
                 assert given in written, f"{script} --{flag} {given} is not written by an earlier step"
         written.add(args.out)
+
+
+def test_every_recipe_line_parses():
+    """Each recipe is one script call per line: every flag is one its script's parser accepts."""
+    recipes = sorted(os.listdir(os.path.join(ROOT, "recipes")))
+    assert "overoptimisation.sh" in recipes
+    for name in recipes:
+        lines = open(os.path.join(ROOT, "recipes", name)).read().splitlines()
+        calls = [shlex.split(line)[1:] for line in lines if line.startswith("python ") and ".py " in line]
+        assert calls, name
+        for script, *argv in calls:
+            importlib.import_module(script[:-len(".py")]).parse_args(argv)
