@@ -12,7 +12,9 @@ them (verifier: 1 if the extracted answer equals the gold one, else 0; or a rewa
 updates the policy with the chosen algorithm (nanorl/algos.py, maths in nanorl/rl.py). Every
 step logs reward, format shares and per-format accuracy of the samples (the Echo Chamber's
 signature), length, KL to the reference and entropy; periodically greedy pass@1 and sampled
-pass@k / maj@k on held-out problems.
+pass@k / maj@k on held-out problems. With --reward rm every step also logs the gold reward of the
+samples the RM scored and sqrt(KL(pi || pi_0)), and the run plots both rewards against it
+(over-optimisation, docs/rm/README.md).
 
 Reads --init (a run of kind pretrain or policy), --rm (kind rm) and --prompts / --prefs files,
 and checks them all before it writes --out, a run directory of kind "policy" (nanorl/rundir.py):

@@ -119,7 +119,7 @@ def test_logged_gold_reward_is_the_gold_reward_of_the_samples(pretrained_run, tm
         assert stats["sqrt_kl"] == pytest.approx(max(stats["kl_seq"], 0) ** 0.5)
         if step == 0:
             assert stats["kl_seq"] == 0.0
-    assert stats["kl_seq"] > 0.0  # two updates later the policy has moved
+    assert stats["kl_seq"] != 0.0  # two updates later the policy has moved (a 6-sample estimate may be < 0)
 
 
 def read_metrics(run) -> list[dict]:
