@@ -161,8 +161,8 @@ def overoptimisation_values(run: dict) -> dict:
 def plot_overoptimisation(out: str, groups: list[dict], grouped: list[list[dict]]):
     """gold_vs_kl.png and proxy_vs_kl.png: per group, the seeds' mean curve against their mean sqrt(KL),
     with a min-max band, at the steps every seed logged."""
-    for key, name, label in (("gold_reward", "gold_vs_kl.png", "gold reward"),
-                             ("reward_mean", "proxy_vs_kl.png", "proxy (RM) reward")):
+    for key, name, label in (("gold_reward", "gold_vs_kl.png", "Gold reward"),
+                             ("reward_mean", "proxy_vs_kl.png", "Proxy (RM) reward")):
         series = {}
         for group, runs in zip(groups, grouped):
             curves = [rm_curves(run) for run in runs]
@@ -174,8 +174,8 @@ def plot_overoptimisation(out: str, groups: list[dict], grouped: list[list[dict]
                                      [statistics.fmean(c) for c in columns], [min(c) for c in columns],
                                      [max(c) for c in columns])
         if series:
-            plots.bands(os.path.join(out, name), series, f"{label} of the samples vs distance from the initial policy "
-                        f"(mean, min-max over seeds; {evals.SMOOTH}-step mean)", "sqrt(KL(pi || pi_0))", label)
+            plots.bands(os.path.join(out, name), series, f"{label} of the samples (mean, min-max over seeds)",
+                        "sqrt(KL(pi || pi_0)), nats^0.5", f"{label}, {evals.SMOOTH}-step mean")
 
 
 def stats(values: list) -> dict:
@@ -222,7 +222,7 @@ def plot_outcomes(path: str, groups: list[dict]):
 def cell(stat: dict | None) -> str:
     if stat is None or stat["mean"] is None:
         return "-"
-    digits = 3 if abs(stat["mean"]) <= 1 else 1
+    digits = 3 if abs(stat["mean"]) <= 1 else 2 if abs(stat["mean"]) < 10 else 1  # steps and seconds: 1
     text = f"{stat['mean']:.{digits}f}" + (f" ± {stat['std']:.{digits}f}" if stat["std"] is not None else "")
     return text + (f" ({stat['n']}/{len(stat['values'])})" if stat["n"] < len(stat["values"]) else "")
 

@@ -34,3 +34,5 @@ python train_ppo.py --seed 1 --init runs/pretrain --reward rm --rm runs/oo/s1/rm
 # online DPO against the same RM (seed 1; its KL strength is --dpo-beta, 0.1)
 python train_ppo.py --seed 1 --init runs/pretrain --algo online_dpo --reward rm --rm runs/oo/s1/rm --max-steps 40 --eval-every 10 --out runs/oo/s1/odpo
 python -m nanorl.compare "PPO beta 0.1=runs/oo/s1/ppo_b0.1,runs/oo/s2/ppo_b0.1,runs/oo/s3/ppo_b0.1" "PPO beta 0.02=runs/oo/s1/ppo_b0.02,runs/oo/s2/ppo_b0.02,runs/oo/s3/ppo_b0.02" "PPO beta 0=runs/oo/s1/ppo_b0,runs/oo/s2/ppo_b0,runs/oo/s3/ppo_b0" --out docs/rm/overopt
+python -m nanorl.compare "PPO, original RM=runs/oo/s1/ppo_b0.1,runs/oo/s2/ppo_b0.1,runs/oo/s3/ppo_b0.1" "PPO, RLP RM=runs/oo/s1/ppo_rlp,runs/oo/s2/ppo_rlp,runs/oo/s3/ppo_rlp" --out docs/rm/mainjob
+python -m nanorl.compare "RM noise 0.25=runs/oo/s1/ppo_b0" "RM noise 0=runs/oo/s1/ppo_b0_clean" "RM noise 0.25, quarter of the pairs=runs/oo/s1/ppo_b0_few" "RLP-retrained RM=runs/oo/s1/ppo_b0_rlp" "online DPO, RM noise 0.25=runs/oo/s1/odpo" --out docs/rm/variants

@@ -112,7 +112,7 @@ def test_writes_table_json_and_plots(compared):
     assert "| seeds | n=3 (1, 2, 3) | n=2 (1, 2) | n=1 (1) |" in table
     assert "| wins (greedy format after) | tinygsm 2, omi1 1 | tinygsm 2 | tinygsm 1 |" in table
     assert "| pass@1 | 0.800 ± 0.100 | 0.700 ± 0.141 | 0.700 |" in table
-    assert "| omi2 below 5% by step | 4.0 ± 1.0 | 6.0 (1/2) | 2.0 |" in table
+    assert "| omi2 below 5% by step | 4.00 ± 1.00 | 6.00 (1/2) | 2.00 |" in table
     assert "share none" not in table
     for group in groups.values():
         assert (out / group["plot"]).stat().st_size > 1000
