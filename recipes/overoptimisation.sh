@@ -2,7 +2,7 @@
 # Reward-model over-optimisation (Gao, Schulman & Hilton 2022) at laptop scale: docs/rm/README.md.
 # One pretrained model (the main job's, seed 1337); per seed, the main job's reward model and PPO against
 # it with the KL coefficient beta in {0.1, 0.02, 0}, 40 steps each (about 70 minutes on a 2-core CPU);
-# then the RLP stages of each seed, and one seed of RM variants and online DPO (about 75 more).
+# then the RLP stages of each seed (about 30 more), and one seed of two RM variants (about 25 more).
 set -euo pipefail
 python train_pretrain.py --out runs/pretrain
 python train_rm.py --seed 1 --init runs/pretrain --out runs/oo/s1/rm --label-noise 0.25
@@ -25,14 +25,10 @@ python rlp.py --seed 2 --init runs/pretrain --rm runs/oo/s2/rm --policy runs/oo/
 python train_ppo.py --seed 2 --init runs/pretrain --reward rm --rm runs/oo/s2/rm_rlp --out runs/oo/s2/ppo_rlp
 python rlp.py --seed 3 --init runs/pretrain --rm runs/oo/s3/rm --policy runs/oo/s3/ppo_b0.1 --out runs/oo/s3/rm_rlp
 python train_ppo.py --seed 3 --init runs/pretrain --reward rm --rm runs/oo/s3/rm_rlp --out runs/oo/s3/ppo_rlp
-# how the peak moves with the RM (seed 1, beta 0): no label noise, a quarter of the pairs, the RLP-retrained RM
+# how the peak moves with the RM (seed 1, beta 0): the RLP-retrained RM, and an RM without label noise
 python train_rm.py --seed 1 --init runs/pretrain --out runs/oo/s1/rm_clean --label-noise 0
 python train_ppo.py --seed 1 --init runs/pretrain --reward rm --rm runs/oo/s1/rm_clean --kl-coef 0 --max-steps 40 --eval-every 10 --out runs/oo/s1/ppo_b0_clean
-python train_rm.py --seed 1 --init runs/pretrain --out runs/oo/s1/rm_few --label-noise 0.25 --n-prompts 96
-python train_ppo.py --seed 1 --init runs/pretrain --reward rm --rm runs/oo/s1/rm_few --kl-coef 0 --max-steps 40 --eval-every 10 --out runs/oo/s1/ppo_b0_few
 python train_ppo.py --seed 1 --init runs/pretrain --reward rm --rm runs/oo/s1/rm_rlp --kl-coef 0 --max-steps 40 --eval-every 10 --out runs/oo/s1/ppo_b0_rlp
-# online DPO against the same RM (seed 1; its KL strength is --dpo-beta, 0.1)
-python train_ppo.py --seed 1 --init runs/pretrain --algo online_dpo --reward rm --rm runs/oo/s1/rm --max-steps 40 --eval-every 10 --out runs/oo/s1/odpo
 python -m nanorl.compare "PPO beta 0.1=runs/oo/s1/ppo_b0.1,runs/oo/s2/ppo_b0.1,runs/oo/s3/ppo_b0.1" "PPO beta 0.02=runs/oo/s1/ppo_b0.02,runs/oo/s2/ppo_b0.02,runs/oo/s3/ppo_b0.02" "PPO beta 0=runs/oo/s1/ppo_b0,runs/oo/s2/ppo_b0,runs/oo/s3/ppo_b0" --out docs/rm/overopt
 python -m nanorl.compare "PPO, original RM=runs/oo/s1/ppo_b0.1,runs/oo/s2/ppo_b0.1,runs/oo/s3/ppo_b0.1" "PPO, RLP RM=runs/oo/s1/ppo_rlp,runs/oo/s2/ppo_rlp,runs/oo/s3/ppo_rlp" --out docs/rm/mainjob
-python -m nanorl.compare "RM noise 0.25=runs/oo/s1/ppo_b0" "RM noise 0=runs/oo/s1/ppo_b0_clean" "RM noise 0.25, quarter of the pairs=runs/oo/s1/ppo_b0_few" "RLP-retrained RM=runs/oo/s1/ppo_b0_rlp" "online DPO, RM noise 0.25=runs/oo/s1/odpo" --out docs/rm/variants
+python -m nanorl.compare "the main job's RM=runs/oo/s1/ppo_b0" "RLP-retrained RM=runs/oo/s1/ppo_b0_rlp" "RM without label noise=runs/oo/s1/ppo_b0_clean" --out docs/rm/variants
