@@ -161,18 +161,18 @@ def overoptimisation_values(run: dict) -> dict:
 def plot_overoptimisation(out: str, groups: list[dict], grouped: list[list[dict]]):
     """gold_vs_kl.png and proxy_vs_kl.png: per group, the seeds' mean curve against their mean sqrt(KL),
     with a min-max band, at the steps every seed logged."""
+    curves_by_group = {group["name"]: [rm_curves(run) for run in runs] for group, runs in zip(groups, grouped)}
     for key, name, label in (("gold_reward", "gold_vs_kl.png", "Gold reward"),
                              ("reward_mean", "proxy_vs_kl.png", "Proxy (RM) reward")):
         series = {}
-        for group, runs in zip(groups, grouped):
-            curves = [rm_curves(run) for run in runs]
+        for group_name, curves in curves_by_group.items():
             if not all(curves):
                 continue
             n = min(len(c["step"]) for c in curves)
             columns = [[c[key][i] for c in curves] for i in range(n)]
-            series[group["name"]] = ([statistics.fmean(c["sqrt_kl"][i] for c in curves) for i in range(n)],
-                                     [statistics.fmean(c) for c in columns], [min(c) for c in columns],
-                                     [max(c) for c in columns])
+            series[group_name] = ([statistics.fmean(c["sqrt_kl"][i] for c in curves) for i in range(n)],
+                                  [statistics.fmean(c) for c in columns], [min(c) for c in columns],
+                                  [max(c) for c in columns])
         if series:
             plots.bands(os.path.join(out, name), series, f"{label} of the samples (mean, min-max over seeds)",
                         "sqrt(KL(pi || pi_0)), nats^0.5", f"{label}, {evals.SMOOTH}-step mean")
