@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from nanorl import evals, plots, rlp, rundir, runtime, verifier
 from nanorl.reward import (GOLD_KINDS, Pair, bradley_terry_loss, evaluate_pairs, normalise_scale, pairs_to_generation,
-                           sample_pairs, sample_responses, score, score_responses)
+                           gold_pairs, sample_responses, score, score_responses)
 from nanorl.runtime import RunError, non_negative_float, positive_float, positive_int, print0
 from nanorl.tasks import problem_set
 
@@ -89,13 +89,11 @@ def parse_args(argv=None):
 def load_inputs(args, device):
     """(init policy, RL policy, RM, tokenizer, RM config, D): all checked before anything is written."""
     init, tokenizer, _ = rundir.load_policy(args.init, "--init", device)
-    policy, policy_tokenizer, policy_config = rundir.load_policy(args.policy, "--policy", device)
+    policy, _, policy_config = rundir.load_policy(args.policy, "--policy", device, like=tokenizer)
     if rundir.kind_of(policy_config) != "policy":
         raise RunError(f"--policy {args.policy} is a pretraining run; --policy needs the RL policy (a train_ppo.py "
                        f"run) whose samples retrain the reward model")
-    rm, rm_tokenizer, rm_config = rundir.load_reward_model(args.rm, "--rm", device)
-    if not tokenizer.to_json() == policy_tokenizer.to_json() == rm_tokenizer.to_json():
-        raise RunError(f"--init, --policy and --rm use different tokenizers; they must all come from {args.init}")
+    rm, _, rm_config = rundir.load_reward_model(args.rm, "--rm", device, like=tokenizer)
     ckpt = os.path.join(args.rm, "ckpt.pt")
     if not os.path.exists(ckpt):
         raise RunError(f"--rm {args.rm}: ckpt.pt (the RM's training pairs D) is missing; give a train_rm.py run")
@@ -195,12 +193,8 @@ def main(argv=None):
     responses, gold, stats = sample_responses(policy, tokenizer, train_problems, args, args.seed, device, dtype,
                                               "sample policy")
     test_problems = problem_set("test", args.n_eval_prompts, seed=args.seed)
-    eval_sets = {name: sample_pairs(m, tokenizer, test_problems, args, 0.0, args.seed + 1, device, dtype,
-                                    f"gold pairs ({name})")[0] for name, m in (("init_policy", init), ("rl_policy", policy))}
-    for name, pairs in eval_sets.items():
-        if not pairs:
-            raise RunError(f"no held-out pairs from the {name}: all its samples of each prompt got the same gold "
-                           f"reward; raise --n-eval-prompts, --samples-per-prompt, --temperature or --quality-coef")
+    eval_sets = {name: gold_pairs(m, tokenizer, test_problems, args, args.seed + 1, device, dtype, name)[0]
+                 for name, m in (("init_policy", init), ("rl_policy", policy))}
     before = pair_accuracies(rm, eval_sets, tokenizer, args, device, dtype)
     synthetic, spg_stats = spg_pairs(rm, responses, gold, tokenizer, args, device, dtype)
     print0(f"SPG: {spg_stats['n_synthetic_pairs']} of {args.n_prompts} prompts pass gamma {args.gamma} | synthetic "

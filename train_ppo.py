@@ -1,37 +1,19 @@
-"""Stage 3: RL fine-tuning of a pretrained policy: PPO, GRPO, Expert Iteration, and the DPO,
-online DPO and SFT baselines. The Echo Chamber experiment.
+"""Stage 3: RL fine-tuning of a pretrained policy, the Echo Chamber experiment (docs/echo/README.md).
 
     python train_ppo.py --init runs/pretrain --algo grpo --out runs/grpo
-    python train_ppo.py --init runs/pretrain --algo ppo --kl-coef 0.01 --out runs/ppo_kl
     python train_ppo.py --init runs/pretrain --algo ppo --reward rm --rm runs/rm --out runs/ppo_rm
-    python train_ppo.py --init runs/pretrain --algo ei --out runs/ei
     torchrun --nproc_per_node=2 train_ppo.py --init runs/pretrain --algo grpo --out runs/grpo_ddp
 
-Each step samples responses to a batch of training prompts with the batched engine, rewards
-them (verifier: 1 if the extracted answer equals the gold one, else 0; or a reward model), and
-updates the policy with the chosen algorithm (nanorl/algos.py, maths in nanorl/rl.py). Every
-step logs reward, format shares and per-format accuracy of the samples (the Echo Chamber's
-signature), length, KL to the reference and entropy; periodically greedy pass@1 and sampled
-pass@k / maj@k on held-out problems. With --reward rm every step also logs the gold reward of the
-samples the RM scored and sqrt(KL(pi || pi_0)), and the run plots both rewards against it
-(over-optimisation, docs/rm/README.md).
-
-Reads --init (a run of kind pretrain or policy), --rm (kind rm) and --prompts / --prefs files,
-and checks them all before it writes --out, a run directory of kind "policy" (nanorl/rundir.py):
-metrics.jsonl, eval.json ({"before", "after"}), plots, model.pt, config.json, tokenizer.json and
-ckpt.pt. An --out that holds a run is refused unless --resume (continue it) or --overwrite
-(replace it) is given; an --out inside an input run always is. Prompts with no room left for
---max-new-tokens in the context are skipped (the log says how many). Ctrl-C stops after the
-step in progress and saves ckpt.pt, so --resume continues exactly.
-
-DDP: prompts are sharded by rank, gradients averaged by DDP, statistics all-reduced.
+Every step of `main` reads top to bottom: sample responses to a batch of training prompts with the
+batched engine, reward them (the verifier's 1/0, or a reward model's score), and update the policy
+with one function of nanorl/algos.py per --algo (ppo, grpo, ei, online_dpo; dpo and sft update on
+fixed pairs instead). Writes --out, a run directory of kind "policy" (docs/rundir/README.md).
 """
 
 import argparse
 import copy
 import dataclasses
 import os
-import sys
 import time
 
 import torch
@@ -39,7 +21,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from nanorl import algos, evals, rl, rundir, runtime, tasks
-from nanorl.reward import GOLD_KINDS, Pair, packed, read_preferences, reference_pairs, score, value_model
+from nanorl.engine import pack
+from nanorl.reward import GOLD_KINDS, Pair, read_preferences, reference_pairs, score, value_model
 from nanorl.runtime import RunError, non_negative_float, positive_float, positive_int, print0
 
 ALGOS = ("ppo", "grpo", "ei", "dpo", "online_dpo", "sft")
@@ -157,9 +140,27 @@ RESUME_MAY_CHANGE = rundir.RESUME_MAY_CHANGE | {"ckpt_every", "max_steps", "micr
 def rl_config(args) -> algos.RLConfig:
     return algos.RLConfig(temperature=args.temperature, kl_coef=args.kl_coef, clip=args.clip,
                           value_clip=args.value_clip, vf_coef=args.vf_coef, lam=args.lam, epochs=args.epochs,
-                          minibatches=args.minibatches, micro_batch=args.micro_batch,
+                          minibatches=args.minibatches, micro_batch=args.micro_batch, ei_batch=args.ei_batch,
                           missing_eos_penalty=args.missing_eos_penalty, aggregation=args.aggregation,
                           dpo_beta=args.dpo_beta, dpo_kind=args.dpo_kind)
+
+
+@dataclasses.dataclass
+class Run:
+    """The models, data and sampler of one fine-tuning run: what a step reads and a checkpoint saves."""
+    policy: torch.nn.Module         # trained; the reference is a frozen copy of its start
+    ref: torch.nn.Module
+    value: torch.nn.Module | None   # PPO's value model
+    reward_model: torch.nn.Module | None  # --reward rm; None: the verifier's reward
+    optimizer: torch.optim.Optimizer
+    tokenizer: object
+    init_config: dict
+    eval_problems: list
+    pool: list                      # training problems
+    pairs: list[Pair] | None        # dpo / sft data
+    sampler: torch.Generator
+    base_state: dict                # the initial weights (EI --ei-restart)
+    ei_kept: list = dataclasses.field(default_factory=list)  # EI --ei-restart: every sample kept so far
 
 
 def training_prompts(args, tokenizer, room: int, info) -> list:
@@ -194,6 +195,34 @@ def reference_data(args, pool, tokenizer, block_size: int, info) -> list[Pair]:
     return kept
 
 
+def load_run(args, info, device) -> Run:
+    """Loads and checks every input (--init, --rm, --prompts, --prefs) and writes nothing."""
+    policy, tokenizer, init_config = rundir.load_policy(args.init, "--init", device)
+    ref = copy.deepcopy(policy).requires_grad_(False)
+    reward_model = None
+    if args.reward == "rm":
+        reward_model, _, _ = rundir.load_reward_model(args.rm, "--rm", device, like=tokenizer)
+        if reward_model.config.block_size < policy.config.block_size:
+            raise RunError(f"--rm {args.rm} has a shorter context than --init {args.init}; train the reward model "
+                           "from the same pretrained run")
+        reward_model.requires_grad_(False)
+    value = value_model(policy, reward_model) if args.algo == "ppo" else None
+    params = list(policy.parameters()) + (list(value.parameters()) if value is not None else [])
+    optimizer = torch.optim.AdamW(params, lr=args.lr, eps=1e-5, weight_decay=0.0)
+    eval_problems = tasks.problem_set("test", args.n_eval, seed=args.seed,
+                                      difficulties=range(1, args.eval_max_difficulty + 1))
+    # prompt tokens left in the policy's context (a reward model's is no shorter)
+    room = tasks.prompt_room(tokenizer, eval_problems, args.max_new_tokens, policy.config.block_size,
+                             f"--init {args.init}'s context")
+    pool = training_prompts(args, tokenizer, room, info)
+    block = policy.config.block_size
+    pairs = (read_preferences(args.prefs, tokenizer, block) if args.prefs else
+             reference_data(args, pool, tokenizer, block, info) if args.sft_format else None)
+    sampler = torch.Generator(device=device).manual_seed(args.seed * 1000 + info.rank)
+    return Run(policy, ref, value, reward_model, optimizer, tokenizer, init_config, eval_problems, pool, pairs,
+               sampler, copy.deepcopy(policy.state_dict()))
+
+
 def step_problems(pool, step, args, info):
     """This rank's share of the step's prompts (or offline pairs), from a seeded pass over the pool."""
     per_epoch = max(1, len(pool) // args.prompts_per_step)
@@ -203,172 +232,73 @@ def step_problems(pool, step, args, info):
     return ids, [pool[i] for i in ids]
 
 
-def evaluate(policy, tokenizer, problems, args, device, dtype) -> dict:
-    with runtime.autocast(device, dtype):
-        return evals.evaluate(policy, tokenizer, problems, n_samples=args.eval_samples, temperature=args.temperature,
-                              max_new_tokens=args.max_new_tokens, seed=args.seed)
+def sample(run: Run, args, problems) -> algos.Rollout:
+    """args.samples responses to each problem, decoded and verified (EI samples at temperature 1)."""
+    return algos.rollout(run.policy, run.tokenizer, problems, n_samples=args.samples,
+                         temperature=1.0 if args.algo == "ei" else args.temperature,
+                         max_new_tokens=args.max_new_tokens, generator=run.sampler)
 
 
-def judged(trainer, args, device, dtype) -> dict:
-    """pass@k and friends, plus the win-rate against the initial policy (trainer.ref) and the gold reward."""
-    result = evaluate(trainer.policy, trainer.tokenizer, trainer.eval_problems, args, device, dtype)
+def gold_stats(run: Run, args, batch, problems, info) -> dict:
+    """--reward rm: the gold reward of the samples the RM scored, and sqrt(KL) of the policy that drew
+    them, before this step's update (the over-optimisation curve; a real user has no gold reward)."""
+    gold = evals.rollout_gold(batch, problems, args.max_new_tokens, args.quality_coef, args.gold)
+    return evals.overoptimisation_stats(gold, algos.sequence_kl(run.policy, run.ref, batch), info)
+
+
+def offline_update(run: Run, args, step: int, train_policy, cfg, info) -> dict:
+    """dpo / sft: one update on this step's share of fixed pairs (--prefs, --sft-format, or sampled once)."""
+    if run.pairs is None:
+        run.pairs = algos.sampled_pairs(run.policy, run.tokenizer, run.pool, args, run.sampler, run.reward_model)
+    _, rows = step_problems(run.pairs, step, args, info)  # a seeded pass over the pairs
+    prompts, ids = [p.prompt for p in rows], dict(eos_id=run.tokenizer.eos_id, pad_id=run.tokenizer.pad_id,
+                                                  device=run.sampler.device)
+    chosen = pack(prompts, [p.chosen for p in rows], **ids)
+    if args.algo == "sft":
+        return {**algos.sft_step(train_policy, run.optimizer, chosen, cfg), "n_pairs": len(run.pairs)}
+    rejected = pack(prompts, [p.rejected for p in rows], **ids)
+    return {**algos.dpo_step(train_policy, run.ref, run.optimizer, chosen, rejected, cfg), "n_pairs": len(run.pairs)}
+
+
+def held_out(run: Run, args, device, dtype, judge: bool = False) -> dict:
+    """pass@1 / pass@k / maj@k on the held-out problems; with `judge`, also the win-rate against the
+    initial policy and the gold reward."""
     with runtime.autocast(device, dtype):
-        result.update(evals.win_rate(trainer.policy, trainer.ref, trainer.tokenizer, trainer.eval_problems,
-                                     temperature=args.temperature, max_new_tokens=args.max_new_tokens,
-                                     quality_coef=args.quality_coef, judge_temperature=args.judge_temperature,
-                                     gold_kind=args.gold,
-                                     seed=args.seed + 7))
+        result = evals.held_out_metrics(run.policy, run.tokenizer, run.eval_problems, n_samples=args.eval_samples,
+                                        temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                                        seed=args.seed)
+        if judge:
+            result.update(evals.win_rate(run.policy, run.ref, run.tokenizer, run.eval_problems,
+                                         temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                                         quality_coef=args.quality_coef, judge_temperature=args.judge_temperature,
+                                         gold_kind=args.gold, seed=args.seed + 7))
     return result
 
 
-def build_models(args, device):
-    """Policy (trained), reference (frozen copy), reward model (frozen, --reward rm), value model (PPO)."""
-    policy, tokenizer, init_config = rundir.load_policy(args.init, "--init", device)
-    ref = copy.deepcopy(policy).requires_grad_(False)
-    reward_model = value = None
-    if args.reward == "rm":
-        reward_model, rm_tokenizer, _ = rundir.load_reward_model(args.rm, "--rm", device)
-        if rm_tokenizer.to_json() != tokenizer.to_json() or reward_model.config.block_size < policy.config.block_size:
-            raise RunError(f"--rm {args.rm} does not fit --init {args.init} (another tokenizer, or a shorter context); "
-                           "train the reward model from the same pretrained run")
-        reward_model.requires_grad_(False)
-    if args.algo == "ppo":
-        value = value_model(policy, reward_model)
-    params = list(policy.parameters()) + (list(value.parameters()) if value is not None else [])
-    optimizer = torch.optim.AdamW(params, lr=args.lr, eps=1e-5, weight_decay=0.0)
-    return policy, ref, value, reward_model, tokenizer, optimizer, init_config
+def save(run: Run, args, step: int, info):
+    """ckpt.pt with every rank's sampler and RNG state (written by rank 0) and model.pt."""
+    ranks = runtime.gather_objects({"sampler": run.sampler.get_state(), "rng": runtime.rng_state()}, info)
+    if info.is_main:
+        runtime.save_checkpoint(os.path.join(args.out, "ckpt.pt"), {
+            "policy": run.policy.state_dict(), "value": run.value.state_dict() if run.value else None,
+            "optimizer": run.optimizer.state_dict(), "step": step, "rank_states": ranks, "ei_kept": run.ei_kept,
+            "pairs": None if run.pairs is None else [dataclasses.asdict(p) for p in run.pairs]})  # plain types
+        runtime.save_checkpoint(os.path.join(args.out, "model.pt"), run.policy.state_dict())
 
 
-def reward_function(args, reward_model):
-    if args.reward == "verifier":
-        return lambda gen, correct: correct
-    return lambda gen, correct: score(reward_model, gen).detach()
+def load(run: Run, ckpt: dict, info) -> int:
+    run.policy.load_state_dict(ckpt["policy"])
+    if run.value is not None:
+        run.value.load_state_dict(ckpt["value"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.sampler.set_state(ckpt["rank_states"][info.rank]["sampler"])
+    runtime.set_rng_state(ckpt["rank_states"][info.rank]["rng"])
+    run.ei_kept = ckpt["ei_kept"]
+    run.pairs = None if ckpt["pairs"] is None else [Pair(**p) for p in ckpt["pairs"]]
+    return ckpt["step"]
 
 
-class Trainer:
-    """The state of one fine-tuning run and one `step` per algorithm."""
-
-    def __init__(self, args, info, device, dtype):
-        """Loads and checks every input (--init, --rm, --prompts, --prefs) and writes nothing."""
-        self.args, self.info, self.device, self.dtype, self.cfg = args, info, device, dtype, rl_config(args)
-        (self.policy, self.ref, self.value, self.reward_model, self.tokenizer, self.optimizer,
-         self.init_config) = build_models(args, device)
-        self.eval_problems = tasks.problem_set("test", args.n_eval, seed=args.seed,
-                                               difficulties=range(1, args.eval_max_difficulty + 1))
-        # prompt tokens left in the policy's context (a reward model's is no shorter)
-        room = tasks.prompt_room(self.tokenizer, self.eval_problems, args.max_new_tokens,
-                                 self.policy.config.block_size, f"--init {args.init}'s context")
-        self.pool = training_prompts(args, self.tokenizer, room, info)
-        self.pairs = (read_preferences(args.prefs, self.tokenizer, self.policy.config.block_size) if args.prefs else
-                      reference_data(args, self.pool, self.tokenizer, self.policy.config.block_size, info)
-                      if args.sft_format else None)
-        self.base_state = copy.deepcopy(self.policy.state_dict())  # EI --ei-restart goes back to it
-        self.train_policy = DDP(self.policy) if info.enabled else self.policy
-        self.train_value = DDP(self.value) if info.enabled and self.value is not None else self.value
-        self.reward_fn = reward_function(args, self.reward_model)
-        self.sampler = torch.Generator(device=device).manual_seed(args.seed * 1000 + info.rank)
-        self.ei_data = []
-
-    def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
-        return runtime.all_reduce_sum(t, self.info)
-
-    def sample(self, problems, n_samples, temperature):
-        with runtime.autocast(self.device, self.dtype):
-            return algos.rollout(self.policy, self.tokenizer, problems, n_samples=n_samples, temperature=temperature,
-                                 max_new_tokens=self.args.max_new_tokens, generator=self.sampler,
-                                 reward_fn=self.reward_fn)
-
-    def step(self, step: int) -> tuple[dict, algos.Rollout | None]:
-        args, cfg = self.args, self.cfg
-        with runtime.autocast(self.device, self.dtype):
-            if args.algo in ("dpo", "sft"):
-                return self.offline_step(step), None
-            ids, problems = step_problems(self.pool, step, args, self.info)
-            batch = self.sample(problems, args.samples, 1.0 if args.algo == "ei" else args.temperature)
-            gold = self.gold_stats(batch, problems) if args.reward == "rm" else {}
-            if args.algo == "ppo":
-                stats = algos.ppo_step(self.train_policy, self.ref, self.train_value, self.optimizer, batch, cfg,
-                                       self.info.world_size, self.all_reduce)
-            elif args.algo == "grpo":
-                stats = algos.grpo_step(self.train_policy, self.ref, self.optimizer, batch, cfg, self.info.world_size,
-                                        self.all_reduce)
-            elif args.algo == "ei":
-                stats = self.expert_iteration(batch, ids)
-            else:
-                pairs = algos.preference_pairs(batch)
-                stats = {} if pairs is None else algos.dpo_step(self.train_policy, self.ref, self.optimizer, *pairs, cfg)
-        return {**gold, **stats}, batch
-
-    def gold_stats(self, batch, problems) -> dict:
-        """--reward rm: the gold reward of the samples the RM scored, and sqrt(KL) of the policy that drew
-        them, before this step's update (the over-optimisation curve; a real user has no gold reward)."""
-        gold = evals.rollout_gold(batch, problems, self.args.max_new_tokens, self.args.quality_coef, self.args.gold)
-        return evals.overoptimisation_stats(gold, algos.sequence_kl(self.policy, self.ref, batch), self.info)
-
-    def expert_iteration(self, batch, ids) -> dict:
-        kept = algos.to_lists(batch, rl.dedupe_correct([ids[i // batch.group_size] for i in range(len(batch.texts))],
-                                                       batch.gen.responses(), batch.correct.bool().tolist()))
-        if self.args.ei_restart:  # SFT from the base model on everything kept so far
-            self.ei_data += kept
-            kept = self.ei_data
-            self.policy.load_state_dict(self.base_state)
-            self.optimizer.state.clear()
-        records = []
-        for _ in range(self.args.epochs):
-            order = torch.randperm(len(kept)).tolist()
-            for chunk in range(0, len(kept), self.args.ei_batch):
-                rows = packed([kept[i] for i in order[chunk:chunk + self.args.ei_batch]], self.tokenizer, self.device)
-                records.append(algos.sft_step(self.train_policy, self.optimizer, rows, self.cfg))
-        return {**(algos.mean_stats(records) if records else {}), "ei_kept": len(kept)}
-
-    def offline_step(self, step: int) -> dict:
-        if self.pairs is None:
-            self.pairs = algos.sampled_pairs(self.policy, self.tokenizer, self.pool, self.args, self.sampler, self.reward_fn)
-        _, rows = step_problems(self.pairs, step, self.args, self.info)  # a seeded pass over the pairs
-        chosen = packed([(p.prompt, p.chosen) for p in rows], self.tokenizer, self.device)
-        if self.args.algo == "sft":
-            return {**algos.sft_step(self.train_policy, self.optimizer, chosen, self.cfg), "n_pairs": len(self.pairs)}
-        rejected = packed([(p.prompt, p.rejected) for p in rows], self.tokenizer, self.device)
-        return {**algos.dpo_step(self.train_policy, self.ref, self.optimizer, chosen, rejected, self.cfg),
-                "n_pairs": len(self.pairs)}
-
-    def save(self, step: int):
-        """ckpt.pt with every rank's sampler and RNG state (written by rank 0) and model.pt."""
-        ranks = runtime.gather_objects({"sampler": self.sampler.get_state(), "rng": runtime.rng_state()}, self.info)
-        if self.info.is_main:
-            runtime.save_checkpoint(os.path.join(self.args.out, "ckpt.pt"), {
-                "policy": self.policy.state_dict(), "value": self.value.state_dict() if self.value else None,
-                "optimizer": self.optimizer.state_dict(), "step": step, "rank_states": ranks, "ei_data": self.ei_data,
-                "pairs": None if self.pairs is None else [dataclasses.asdict(p) for p in self.pairs]})  # plain types
-            runtime.save_checkpoint(os.path.join(self.args.out, "model.pt"), self.policy.state_dict())
-
-    def load(self, ckpt: dict) -> int:
-        self.policy.load_state_dict(ckpt["policy"])
-        if self.value is not None:
-            self.value.load_state_dict(ckpt["value"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.sampler.set_state(ckpt["rank_states"][self.info.rank]["sampler"])
-        runtime.set_rng_state(ckpt["rank_states"][self.info.rank]["rng"])
-        self.ei_data = ckpt["ei_data"]
-        self.pairs = None if ckpt["pairs"] is None else [Pair(**p) for p in ckpt["pairs"]]
-        return ckpt["step"]
-
-
-def finish(args, trainer, before: dict, device, dtype):
-    """The held-out evaluation after training, eval.json, the plots and the before/after lines."""
-    after = judged(trainer, args, device, dtype)
-    runtime.write_json(os.path.join(args.out, "eval.json"), {"before": before, "after": after})
-    evals.write_plots(args, [record for _, record in runtime.iter_jsonl(os.path.join(args.out, "metrics.jsonl"))],
-                before, after)
-    for name, result in (("before", before), ("after", after)):
-        print0(f"{name:>6}: " + runtime.format_line({"pass@1": result["pass@1"], f"pass@{result['k']}": result["pass@k"],
-                                                      f"maj@{result['k']}": result["maj@k"], "win-rate": result["win_rate"],
-                                                      "gold": result["gold_reward"]}) +
-               " | shares " + runtime.format_line(result["sampled_format_share"]))
-    print0(f"wrote {args.out}/ (eval.json, metrics.jsonl, *.png)")
-
-
-def start_run(args, trainer, info, device, dtype):
+def start(args, run: Run, info, device, dtype):
     """Make --out (rank 0 writes), then resume the run there or evaluate the initial policy.
     Returns (first step, held-out results before training, metrics log)."""
     if info.is_main:
@@ -378,22 +308,36 @@ def start_run(args, trainer, info, device, dtype):
         rundir.check_resume(args.out, "policy", args, RESUME_MAY_CHANGE, world_size=info.world_size)
     log = runtime.MetricsLog(os.path.join(args.out, "metrics.jsonl"), info.is_main, truncate=not args.resume)
     if args.resume:
-        start = trainer.load(runtime.load_checkpoint(os.path.join(args.out, "ckpt.pt")))
-        log.drop_after(start)
-        print0(f"resuming from step {start}", info=info)
-        return start, runtime.read_json(os.path.join(args.out, "eval_before.json")), log
+        first = load(run, runtime.load_checkpoint(os.path.join(args.out, "ckpt.pt")), info)
+        log.drop_after(first)
+        print0(f"resuming from step {first}", info=info)
+        return first, runtime.read_json(os.path.join(args.out, "eval_before.json")), log
     before = None
     if info.is_main:
         config = {"script": "train_ppo.py", "init": args.init, "rm": args.rm, "args": vars(args),
-                  "model": trainer.init_config["model"], "world_size": info.world_size}
+                  "model": run.init_config["model"], "world_size": info.world_size}
         rundir.write_config(args.out, config, "policy")
-        trainer.tokenizer.save(os.path.join(args.out, "tokenizer.json"))
-        print0(f"evaluating the initial policy on {len(trainer.eval_problems)} held-out problems ...")
-        before = judged(trainer, args, device, dtype)
+        run.tokenizer.save(os.path.join(args.out, "tokenizer.json"))
+        print0(f"evaluating the initial policy on {len(run.eval_problems)} held-out problems ...")
+        before = held_out(run, args, device, dtype, judge=True)
         runtime.write_json(os.path.join(args.out, "eval_before.json"), before)
         log.write({"step": 0, **evals.eval_record(before)})
     runtime.barrier(info)
     return 0, before, log
+
+
+def finish(args, run: Run, before: dict, device, dtype):
+    """The held-out evaluation after training, eval.json, the plots and the before/after lines."""
+    after = held_out(run, args, device, dtype, judge=True)
+    runtime.write_json(os.path.join(args.out, "eval.json"), {"before": before, "after": after})
+    evals.write_plots(args, [record for _, record in runtime.iter_jsonl(os.path.join(args.out, "metrics.jsonl"))],
+                      before, after)
+    for name, result in (("before", before), ("after", after)):
+        print0(f"{name:>6}: " + runtime.format_line({"pass@1": result["pass@1"], f"pass@{result['k']}": result["pass@k"],
+                                                      f"maj@{result['k']}": result["maj@k"], "win-rate": result["win_rate"],
+                                                      "gold": result["gold_reward"]}) +
+               " | shares " + runtime.format_line(result["sampled_format_share"]))
+    print0(f"wrote {args.out}/ (eval.json, metrics.jsonl, *.png)")
 
 
 def main(argv=None):
@@ -408,43 +352,66 @@ def main(argv=None):
     runtime.seed_everything(args.seed)
     print0(f"device {device} x{info.world_size} | dtype {str(dtype).replace('torch.', '')} ({why}) | "
            f"algo {args.algo} | reward {args.reward}", info=info)
-    trainer = Trainer(args, info, device, dtype)
-    start, before, log = start_run(args, trainer, info, device, dtype)
+    run, cfg = load_run(args, info, device), rl_config(args)
+    first, before, log = start(args, run, info, device, dtype)
+    # DDP averages gradients over ranks; the updates sum their statistics over ranks with all_reduce
+    policy = DDP(run.policy) if info.enabled else run.policy
+    value = DDP(run.value) if info.enabled and run.value is not None else run.value
+    world, all_reduce = info.world_size, lambda t: runtime.all_reduce_sum(t, info)
 
-    bar = tqdm(range(start, args.max_steps), initial=start, total=args.max_steps, desc=args.algo,
+    bar = tqdm(range(first, args.max_steps), initial=first, total=args.max_steps, desc=args.algo,
                disable=not info.is_main, dynamic_ncols=True)
     with runtime.CtrlC() as ctrl_c:
         for step in bar:
             t0 = time.perf_counter()
-            stats, batch = trainer.step(step)
+            with runtime.autocast(device, dtype):
+                if args.algo in ("dpo", "sft"):  # offline: no sampling, an update on fixed pairs
+                    batch, stats = None, offline_update(run, args, step, policy, cfg, info)
+                else:
+                    ids, problems = step_problems(run.pool, step, args, info)
+                    # 1. sample, and 2. reward: the verifier's 1/0, or the reward model's score
+                    batch = sample(run, args, problems)
+                    batch.scores = batch.correct if run.reward_model is None else score(run.reward_model, batch.gen)
+                    stats = gold_stats(run, args, batch, problems, info) if run.reward_model is not None else {}
+                    # 3. update
+                    if args.algo == "ppo":
+                        stats |= algos.ppo_step(policy, run.ref, value, run.optimizer, batch, cfg, world, all_reduce)
+                    elif args.algo == "grpo":
+                        stats |= algos.grpo_step(policy, run.ref, run.optimizer, batch, cfg, world, all_reduce)
+                    elif args.algo == "ei":
+                        stats |= algos.ei_step(policy, run.optimizer, batch, ids, cfg, run.tokenizer,
+                                               (run.ei_kept, run.base_state) if args.ei_restart else None)
+                    else:
+                        stats |= algos.online_dpo_step(policy, run.ref, run.optimizer, batch, cfg)
             record = {"step": step + 1, **(evals.rollout_stats(batch, info) if batch is not None else {}), **stats,
                       "time": time.perf_counter() - t0}
             if (step + 1) % args.eval_every == 0 or step + 1 == args.max_steps:
-                if batch is not None and "kl_ref" not in record:  # beta = 0 skips it in the update
-                    with runtime.autocast(device, dtype):
-                        kl = {"kl_ref": algos.kl_to_reference(trainer.ref, batch)}
-                    record.update(algos.rank_mean(kl, info.world_size, trainer.all_reduce))
-                if info.is_main:
-                    record.update(evals.eval_record(evaluate(trainer.policy, trainer.tokenizer, trainer.eval_problems,
-                                                       args, device, dtype)))
-                runtime.barrier(info)
+                # beta = 0 updates do not log the KL to the reference: measure it here
+                record |= evaluation_record(run, args, None if "kl_ref" in record else batch, device, dtype, info)
             log.write(record)
             if info.is_main:
                 bar.write(runtime.format_line({k: v for k, v in record.items() if not k.startswith("eval/share")}))
-            stop = ctrl_c.requested(info, device)
-            if (step + 1) % args.ckpt_every == 0 or step + 1 == args.stop_after or stop:
-                trainer.save(step + 1)
-            if stop:
-                print0(f"interrupted: saved {args.out}/ckpt.pt at step {step + 1}; continue with --resume", info=info)
-                sys.exit(130)
-            if step + 1 == args.stop_after:
-                print0(f"stopped after step {step + 1} (--stop-after); continue with --resume", info=info)
-                return
-    trainer.save(args.max_steps)
+            runtime.after_step(step + 1, args, ctrl_c, info, device, lambda done: save(run, args, done, info),
+                               args.ckpt_every)
+    save(run, args, args.max_steps, info)
     if info.is_main:
-        finish(args, trainer, before, device, dtype)
+        finish(args, run, before, device, dtype)
     runtime.barrier(info)  # ranks leave together: a rank that destroys the group early can abort another
     runtime.shutdown_distributed(info)
+
+
+def evaluation_record(run: Run, args, batch, device, dtype, info) -> dict:
+    """An evaluation step's extra fields: the KL of `batch` to the reference, and the held-out metrics (rank 0)."""
+    record = {}
+    if batch is not None:
+        with runtime.autocast(device, dtype):
+            kl = {"kl_ref": algos.kl_to_reference(run.ref, batch)}
+        record |= algos.rank_mean(kl, info.world_size, lambda t: runtime.all_reduce_sum(t, info))
+    if info.is_main:
+        record |= evals.eval_record(held_out(run, args, device, dtype))
+    runtime.barrier(info)
+    return record
+
 
 if __name__ == "__main__":
     runtime.run_cli(main)

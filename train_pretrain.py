@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import math
 import os
-import sys
 import time
 
 import torch
@@ -27,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from nanorl import data, evals, plots, rundir, runtime
-from nanorl.gpt import GPT, GPTConfig
+from nanorl.gpt import GPT, GPTConfig, adamw
 from nanorl.runtime import (RunError, non_negative_float, non_negative_int, positive_float, positive_int,
                             print0)
 from nanorl.tasks import problem_set, prompt_room
@@ -105,14 +104,6 @@ RESUME_MAY_CHANGE = rundir.RESUME_MAY_CHANGE | {"compile", "ckpt_every", "eval_e
                                                 "eval_samples", "eval_temperature", "max_new_tokens"}
 
 
-def lr_at(step: int, args) -> float:
-    """Linear warm-up, then cosine decay to min_lr_frac * lr."""
-    if step < args.warmup_steps:
-        return args.lr * (step + 1) / args.warmup_steps
-    progress = (step - args.warmup_steps) / max(1, args.max_steps - args.warmup_steps)
-    return args.lr * (args.min_lr_frac + (1 - args.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
-
-
 def prepare_data(args, docs, info):
     """Tokenizer and token cache, built by rank 0 and reused by the others."""
     tok_path = os.path.join(args.out, "tokenizer.json")
@@ -170,7 +161,7 @@ def save_state(args, model, optimizer, step, data_gen, info, config):
 
 def train(args, info, device, dtype, tokenizer, tokens, config):
     raw_model = GPT(GPTConfig(**config["model"])).to(device)
-    optimizer = raw_model.configure_optimizer(args.lr, args.weight_decay)
+    optimizer = adamw(raw_model, args.lr, args.weight_decay)
     data_gen = torch.Generator().manual_seed(args.seed * 1000 + info.rank)
     start, log = 0, runtime.MetricsLog(os.path.join(args.out, "metrics.jsonl"), info.is_main, not args.resume)
     if args.resume:
@@ -195,7 +186,7 @@ def train(args, info, device, dtype, tokenizer, tokens, config):
     with runtime.CtrlC() as ctrl_c:  # Ctrl-C stops between two steps: the checkpoint holds whole steps
         for step in bar:
             t0 = time.perf_counter()
-            lr = lr_at(step, args)
+            lr = runtime.lr_at(step, args.max_steps, args.lr, args.warmup_steps, min_frac=args.min_lr_frac)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss_sum = 0.0
@@ -222,15 +213,9 @@ def train(args, info, device, dtype, tokenizer, tokens, config):
             bar.set_postfix(loss=f"{loss_avg:.3f}")
             if (step + 1) % args.log_every == 0 or "val/" in " ".join(record):
                 bar.write(runtime.format_line(record)) if info.is_main else None
-            stop = ctrl_c.requested(info, device)
-            if (step + 1) % args.ckpt_every == 0 or step + 1 == args.stop_after or stop:
-                save_state(args, raw_model, optimizer, step + 1, data_gen, info, config)
-            if stop:
-                print0(f"interrupted: saved {args.out}/ckpt.pt at step {step + 1}; continue with --resume", info=info)
-                sys.exit(130)
-            if step + 1 == args.stop_after:
-                print0(f"stopped after step {step + 1} (--stop-after); continue with --resume", info=info)
-                sys.exit(0)
+            runtime.after_step(step + 1, args, ctrl_c, info, device,
+                               lambda done: save_state(args, raw_model, optimizer, done, data_gen, info, config),
+                               args.ckpt_every)
     save_state(args, raw_model, optimizer, args.max_steps, data_gen, info, config)
     return raw_model
 
@@ -293,7 +278,7 @@ def main(argv=None):
     problems = problem_set("test", args.n_eval, seed=args.seed)
     print0(f"evaluating on {len(problems)} held-out problems ...")
     with runtime.autocast(device, dtype):
-        result = evals.evaluate(model, tokenizer, problems, n_samples=args.eval_samples,
+        result = evals.held_out_metrics(model, tokenizer, problems, n_samples=args.eval_samples,
                                 temperature=args.eval_temperature, max_new_tokens=args.max_new_tokens, seed=args.seed)
         samples = evals.sample_completions(model, tokenizer, [p.question for p in problems[:8]],
                                            max_new_tokens=args.max_new_tokens)

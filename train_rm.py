@@ -56,7 +56,8 @@ import torch
 from tqdm import tqdm
 
 from nanorl import plots, rundir, runtime
-from nanorl.reward import (GOLD_KINDS, Pair, ScalarModel, bradley_terry_loss, evaluate_pairs, normalise_scale,
+from nanorl.gpt import adamw
+from nanorl.reward import (GOLD_KINDS, Pair, ScalarModel, bradley_terry_loss, evaluate_pairs, gold_pairs, normalise_scale,
                            pairs_to_generation, read_preferences, sample_pairs, sample_responses, score,
                            write_preferences)
 from nanorl.runtime import (RunError, non_negative_float, non_negative_int, positive_float, positive_int,
@@ -236,13 +237,6 @@ class Run:
             "config": self.config})
 
 
-def make_optimizer(model, args):
-    params = list(model.parameters())
-    return torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay},
-                              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
-                             lr=args.lr, betas=(0.9, 0.95))
-
-
 def start_run(args, policy, prefs, tokenizer, config, device, dtype) -> Run:
     """A new run: its data (sampled, unless --prefs gave it), model and step-0 checkpoint."""
     data = prefs or sampled_data(args, policy, tokenizer, device, dtype)
@@ -250,7 +244,7 @@ def start_run(args, policy, prefs, tokenizer, config, device, dtype) -> Run:
     batch_gen = torch.Generator().manual_seed(args.seed)
     orders = [torch.randperm(len(data.pairs), generator=batch_gen).tolist() for _ in range(args.epochs)]
     accuracy_at_init = evaluate_pairs(model, data.held_out, tokenizer, args, device, dtype)[0]
-    run = Run(model, make_optimizer(model, args), data, orders, accuracy_at_init, config)
+    run = Run(model, adamw(model, args.lr, args.weight_decay), data, orders, accuracy_at_init, config)
     rundir.write_config(args.out, config, "rm")
     write_preferences(os.path.join(args.out, "prefs.jsonl"), data.pairs, tokenizer)  # offline DPO's data
     write_preferences(os.path.join(args.out, "prefs_held_out.jsonl"), data.held_out, tokenizer)
@@ -268,17 +262,11 @@ def resume_run(args, policy, config, device) -> Run:
                        f"pass --overwrite to start again")
     model = ScalarModel(policy.config).to(device)
     model.load_state_dict(ckpt["model"])
-    optimizer = make_optimizer(model, args)
+    optimizer = adamw(model, args.lr, args.weight_decay)
     optimizer.load_state_dict(ckpt["optimizer"])
     print0(f"resuming from step {ckpt['step']}")
     return Run(model, optimizer, PreferenceData.from_state(ckpt["data"]), ckpt["orders"], ckpt["accuracy_at_init"],
                ckpt["config"], ckpt["step"])
-
-
-def lr_at(step: int, total: int, args) -> float:
-    if step < args.warmup_steps:
-        return args.lr * (step + 1) / args.warmup_steps
-    return args.lr * max(0.0, (total - step) / max(1, total - args.warmup_steps))
 
 
 def train_step(run, batch, lr, tokenizer, args, device, dtype) -> dict:
@@ -313,7 +301,7 @@ def train(run, tokenizer, args, device, dtype):
             epoch, b = divmod(run.step, steps_per_epoch)
             batch = [run.data.pairs[k] for k in run.orders[epoch][b * args.batch_size:(b + 1) * args.batch_size]]
             record = {"step": run.step + 1, "epoch": epoch + 1,
-                      **train_step(run, batch, lr_at(run.step, total, args), tokenizer, args, device, dtype)}
+                      **train_step(run, batch, runtime.lr_at(run.step, total, args.lr, args.warmup_steps, "linear"), tokenizer, args, device, dtype)}
             if b == steps_per_epoch - 1 or (args.eval_every and run.step % args.eval_every == 0):
                 record["eval/pair_accuracy"] = evaluate_pairs(run.model, run.data.held_out, tokenizer, args,
                                                               device, dtype)[0]
@@ -322,18 +310,14 @@ def train(run, tokenizer, args, device, dtype):
             bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.2f}")
             if run.step % args.log_every == 0 or "eval/pair_accuracy" in record:
                 bar.write(runtime.format_line(record))
-            if ctrl_c.pressed or run.step == args.stop_after:
-                run.save(args.out)
-                why = "interrupted" if ctrl_c.pressed else "stopped (--stop-after)"
-                print0(f"{why} after step {run.step}: saved {args.out}/ckpt.pt; continue with --resume")
-                sys.exit(130 if ctrl_c.pressed else 0)
+            runtime.after_step(run.step, args, ctrl_c, runtime.Dist(), device, lambda _: run.save(args.out))
     bar.close()
     run.save(args.out)
 
 
 # ----------------------------------------------------------------------------- normalisation and evaluation
 
-def evaluate(run, tokenizer, args, device, dtype) -> dict:
+def final_evaluation(run, tokenizer, args, device, dtype) -> dict:
     """Normalise the trained model's scale, then its held-out and training pair accuracies (eval.json)."""
     model, data = run.model, run.data
     acc, r_c, r_r = evaluate_pairs(model, data.held_out, tokenizer, args, device, dtype)
@@ -353,20 +337,11 @@ def evaluate(run, tokenizer, args, device, dtype) -> dict:
     return result
 
 
-def load_shifted_policy(args, tokenizer, device):
-    shifted, shifted_tokenizer, _ = rundir.load_policy(args.shift_init, "--shift-init", device)
-    if shifted_tokenizer.to_json() != tokenizer.to_json():
-        raise RunError(f"--shift-init {args.shift_init} uses a different tokenizer from --init {args.init}")
-    return shifted
-
-
 def shifted_accuracy(model, shifted_policy, tokenizer, args, device, dtype) -> dict:
     """Held-out accuracy on pairs sampled from the --shift-init policy (the distribution shift)."""
     problems = problem_slices(args)[2]  # the held-out problems of the in-distribution pairs
-    shifted, stats = sample_pairs(shifted_policy, tokenizer, problems, args, 0.0, args.seed + 2, device, dtype,
-                                  "sample shifted")
-    if not shifted:
-        raise no_pairs_error("shifted held-out")
+    shifted, stats = gold_pairs(shifted_policy, tokenizer, problems, args, args.seed + 2, device, dtype,
+                                f"--shift-init policy {args.shift_init}")
     return {"pair_accuracy_shifted": evaluate_pairs(model, shifted, tokenizer, args, device, dtype)[0],
             "n_shifted_pairs": len(shifted), "shifted_sample_accuracy": stats["sample_accuracy"]}
 
@@ -388,7 +363,8 @@ def main(argv=None):
     runtime.seed_everything(args.seed)
     print0(f"device {device} | dtype {str(dtype).replace('torch.', '')} ({why})")
     policy, tokenizer, init_config = rundir.load_policy(args.init, "--init", device)
-    shifted_policy = load_shifted_policy(args, tokenizer, device) if args.shift_init else None
+    shifted_policy = (rundir.load_policy(args.shift_init, "--shift-init", device, like=tokenizer)[0]
+                      if args.shift_init else None)
     prefs = prefs_data(args, tokenizer, policy.config.block_size) if args.prefs else None
     if not args.prefs and args.max_new_tokens >= policy.config.block_size:
         raise RunError(f"--max-new-tokens {args.max_new_tokens} leaves no room for a prompt in the "
@@ -403,7 +379,7 @@ def main(argv=None):
         print0(f"reward model: {sum(p.numel() for p in run.model.parameters()) / 1e6:.2f}M parameters | "
                f"{len(run.data.pairs)} train pairs | {len(run.data.held_out)} held-out pairs | {args.epochs} epochs")
         train(run, tokenizer, args, device, dtype)
-        result = evaluate(run, tokenizer, args, device, dtype)
+        result = final_evaluation(run, tokenizer, args, device, dtype)
         if shifted_policy is not None:
             result.update(shifted_accuracy(run.model, shifted_policy, tokenizer, args, device, dtype))
     except KeyboardInterrupt:  # while sampling or evaluating: the training loop stops between steps itself

@@ -29,8 +29,8 @@ import torch
 from tqdm import tqdm
 
 from nanorl import rl, verifier
-from nanorl.engine import Generation, generate, sequence_logprobs
-from nanorl.reward import Pair
+from nanorl.engine import Generation, generate, pack, token_logprobs
+from nanorl.reward import Pair, score
 from nanorl.runtime import RunError
 from nanorl.tasks import encode_prompts
 
@@ -41,9 +41,9 @@ class Rollout:
     texts: list[str]
     formats: list[str]
     correct: torch.Tensor   # (N,) float 1/0 by the verifier
-    scores: torch.Tensor    # (N,) the reward the algorithm optimises
     group_size: int
     temperature: float      # the sampling temperature (gen.logprobs are of that distribution)
+    scores: torch.Tensor | None = None  # (N,) the reward the algorithm optimises, set by the caller
 
 
 @dataclass
@@ -58,6 +58,7 @@ class RLConfig:
     epochs: int = 2
     minibatches: int = 2
     micro_batch: int = 64
+    ei_batch: int = 64
     grad_clip: float = 1.0
     missing_eos_penalty: float = 1.0
     aggregation: str = "dapo"
@@ -65,8 +66,8 @@ class RLConfig:
     dpo_kind: str = "sigmoid"
 
 
-def rollout(policy, tokenizer, problems, *, n_samples, temperature, max_new_tokens, generator, reward_fn) -> Rollout:
-    """Sample n_samples responses per problem (adjacent rows), verify them, score them."""
+def rollout(policy, tokenizer, problems, *, n_samples, temperature, max_new_tokens, generator) -> Rollout:
+    """Sample n_samples responses per problem (adjacent rows), decode and verify them."""
     gen = generate(policy, encode_prompts(tokenizer, [p.question for p in problems]), max_new_tokens,
                    eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, n_samples=n_samples,
                    temperature=temperature, generator=generator)
@@ -75,8 +76,7 @@ def rollout(policy, tokenizer, problems, *, n_samples, temperature, max_new_toke
     golds = [p.answer for p in problems for _ in range(n_samples)]
     correct = torch.tensor([float(ans == gold) for (_, ans), gold in zip(extracted, golds)],
                            device=gen.tokens.device)
-    scores = reward_fn(gen, correct)
-    return Rollout(gen, texts, [fmt for fmt, _ in extracted], correct, scores, n_samples, temperature)
+    return Rollout(gen, texts, [fmt for fmt, _ in extracted], correct, n_samples, temperature)
 
 
 def old_logprobs(policy, gen: Generation, temperature: float) -> torch.Tensor:
@@ -86,7 +86,7 @@ def old_logprobs(policy, gen: Generation, temperature: float) -> torch.Tensor:
     if not torch.is_autocast_enabled(gen.tokens.device.type):
         return gen.logprobs
     with torch.no_grad():
-        return sequence_logprobs(policy, gen, temperature)
+        return token_logprobs(policy, gen, temperature)
 
 
 def _minibatches(n: int, count: int, generator=None):
@@ -96,10 +96,8 @@ def _minibatches(n: int, count: int, generator=None):
 
 def _values(value_model, gen: Generation) -> torch.Tensor:
     """V(s_t) for each response token t: the value head read at the position before token t."""
-    seq = torch.cat([gen.prompt, gen.tokens], 1)
-    valid = torch.cat([gen.prompt_mask, gen.mask], 1)
     P = gen.prompt.size(1)
-    return torch.where(gen.mask, value_model(seq, valid)[:, P - 1:-1], 0.0)
+    return torch.where(gen.mask, value_model(*gen.sequences())[:, P - 1:-1], 0.0)
 
 
 def _step(optimizer, params, grad_clip) -> float:
@@ -131,7 +129,7 @@ def kl_to_reference(ref, batch: Rollout) -> float:
     """Mean k1 KL(sampling policy || reference) over the rollout's tokens: one no-grad forward of ref."""
     gen = batch.gen
     with torch.no_grad():
-        ref_lp = sequence_logprobs(ref, gen, batch.temperature)
+        ref_lp = token_logprobs(ref, gen, batch.temperature)
     return rl.masked_mean(rl.kl_k1(gen.logprobs, ref_lp), gen.mask).item()
 
 
@@ -141,7 +139,7 @@ def sequence_kl(policy, ref, batch: Rollout) -> torch.Tensor:
     reference; the sampler's own logprobs differ from a recompute by float rounding)."""
     gen = batch.gen
     with torch.no_grad():
-        return (sequence_logprobs(policy, gen, batch.temperature) - sequence_logprobs(ref, gen, batch.temperature)).sum(1)
+        return (token_logprobs(policy, gen, batch.temperature) - token_logprobs(ref, gen, batch.temperature)).sum(1)
 
 
 def ppo_step(policy, ref, value_model, optimizer, batch: Rollout, cfg: RLConfig, world_size: int = 1,
@@ -152,7 +150,7 @@ def ppo_step(policy, ref, value_model, optimizer, batch: Rollout, cfg: RLConfig,
     with torch.no_grad():
         old_lp = old_logprobs(policy, gen, T)
         # beta = 0: the KL reward vanishes, so skip the reference forward (k1 of old_lp against itself is 0)
-        ref_lp = sequence_logprobs(ref, gen, T) if cfg.kl_coef else old_lp
+        ref_lp = token_logprobs(ref, gen, T) if cfg.kl_coef else old_lp
         old_values = _values(value_model, gen)
         scores = rl.missing_eos_penalty(batch.scores, gen.ended, cfg.missing_eos_penalty)
         rewards = rl.ppo_token_rewards(scores, old_lp, ref_lp, gen.mask, cfg.kl_coef)
@@ -166,7 +164,7 @@ def ppo_step(policy, ref, value_model, optimizer, batch: Rollout, cfg: RLConfig,
             stats = []
             for micro in rows.split(cfg.micro_batch):
                 sub = gen[micro]
-                new_lp, entropy = sequence_logprobs(policy, sub, T, with_entropy=True)
+                new_lp, entropy = token_logprobs(policy, sub, T, with_entropy=True)
                 pg_loss, pg_stats = rl.ppo_policy_loss(new_lp, old_lp[micro], advantages[micro], sub.mask, cfg.clip,
                                                        total_tokens)
                 vf_loss, vf_stats = rl.ppo_value_loss(_values(value_model, sub), old_values[micro], returns[micro],
@@ -195,7 +193,7 @@ def grpo_step(policy, ref, optimizer, batch: Rollout, cfg: RLConfig, world_size:
     ref_lp = None
     if cfg.kl_coef:  # beta = 0 needs no reference model at all
         with torch.no_grad():
-            ref_lp = sequence_logprobs(ref, gen, T)
+            ref_lp = token_logprobs(ref, gen, T)
     old_lp = old_logprobs(policy, gen, T)
     params = [p for p in policy.parameters() if p.requires_grad]
     records = []
@@ -208,7 +206,7 @@ def grpo_step(policy, ref, optimizer, batch: Rollout, cfg: RLConfig, world_size:
             stats = []
             for micro in rows.split(cfg.micro_batch):
                 sub = gen[micro]
-                new_lp, entropy = sequence_logprobs(policy, sub, T, with_entropy=True)
+                new_lp, entropy = token_logprobs(policy, sub, T, with_entropy=True)
                 loss, st = rl.grpo_loss(new_lp, old_lp[micro], None if ref_lp is None else ref_lp[micro],
                                         advantages[micro], sub.mask, cfg.clip, cfg.kl_coef, cfg.aggregation,
                                         total_tokens=total_tokens, total_seqs=total_seqs, max_len=gen.mask.size(1))
@@ -231,7 +229,7 @@ def sft_step(policy, optimizer, gen: Generation, cfg: RLConfig) -> dict:
     total_tokens, loss_sum = gen.mask.sum(), 0.0
     for micro in torch.arange(len(gen.ended)).split(cfg.micro_batch):
         sub = gen[micro]
-        loss = rl.sft_loss(sequence_logprobs(policy, sub, 1.0), sub.mask, total_tokens)
+        loss = rl.sft_loss(token_logprobs(policy, sub, 1.0), sub.mask, total_tokens)
         loss.backward()
         loss_sum += loss.item()
     return {"sft_loss": loss_sum, "grad_norm": _step(optimizer, params, cfg.grad_clip)}
@@ -242,7 +240,7 @@ def dpo_step(policy, ref, optimizer, chosen: Generation, rejected: Generation, c
     Pairs go through in micro-batches of cfg.micro_batch; the loss is a mean over pairs, so each
     micro-batch weighs by its share of them and the gradient is the whole batch's."""
     def logps(model, gen):
-        return rl.sequence_logprob(sequence_logprobs(model, gen, 1.0), gen.mask)
+        return rl.sequence_logprob(token_logprobs(model, gen, 1.0), gen.mask)
     n_pairs, records = len(chosen.ended), []
     for micro in torch.arange(n_pairs).split(cfg.micro_batch):
         c, r, share = chosen[micro], rejected[micro], len(micro) / n_pairs
@@ -256,12 +254,37 @@ def dpo_step(policy, ref, optimizer, chosen: Generation, rejected: Generation, c
     return {k: sum(r[k] for r in records) for k in records[0]} | {"grad_norm": _step(optimizer, params, cfg.grad_clip)}
 
 
-def preference_pairs(batch: Rollout) -> tuple[Generation, Generation] | None:
-    """Best vs worst response of each prompt by score (online DPO); None if all groups tie."""
+def online_dpo_step(policy, ref, optimizer, batch: Rollout, cfg: RLConfig) -> dict:
+    """Online DPO: DPO on the best vs the worst response of each prompt by score (no update if all tie)."""
     chosen, rejected = rl.best_worst_pairs(batch.scores, batch.group_size)
     if len(chosen) == 0:
-        return None
-    return batch.gen[chosen], batch.gen[rejected]
+        return {}
+    return dpo_step(policy, ref, optimizer, batch.gen[chosen], batch.gen[rejected], cfg)
+
+
+def ei_step(policy, optimizer, batch: Rollout, prompt_ids: list[int], cfg: RLConfig, tokenizer,
+            restart: tuple[list, dict] | None = None) -> dict:
+    """One Expert Iteration round: keep the verified-correct samples (one of each identical response to a
+    prompt), then cfg.epochs passes of SFT over them in batches of cfg.ei_batch. restart = (everything kept
+    so far, the base weights) (--ei-restart): SFT starts again from the base model on all of it."""
+    rows = rl.dedupe_correct([prompt_ids[i // batch.group_size] for i in range(len(batch.texts))],
+                             batch.gen.responses(), batch.correct.bool().tolist())
+    kept = to_lists(batch, rows)
+    if restart is not None:
+        history, base_state = restart
+        history += kept
+        kept = history
+        policy.load_state_dict(base_state)
+        optimizer.state.clear()
+    records = []
+    for _ in range(cfg.epochs):
+        order = torch.randperm(len(kept)).tolist()
+        for chunk in range(0, len(kept), cfg.ei_batch):
+            prompts, responses = zip(*[kept[i] for i in order[chunk:chunk + cfg.ei_batch]])
+            rows = pack(prompts, responses, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+                        device=batch.gen.tokens.device)
+            records.append(sft_step(policy, optimizer, rows, cfg))
+    return {**(mean_stats(records) if records else {}), "ei_kept": len(kept)}
 
 
 # ----------------------------------------------------------------------------- data for the offline updates
@@ -272,7 +295,7 @@ def to_lists(batch: Rollout, rows) -> list[tuple[list[int], list[int]]]:
     return [(gen.prompt[i][gen.prompt_mask[i]].tolist(), gen.tokens[i][gen.mask[i]].tolist()) for i in rows]
 
 
-def sampled_pairs(policy, tokenizer, pool, args, generator, reward_fn) -> list[Pair]:
+def sampled_pairs(policy, tokenizer, pool, args, generator, reward_model=None) -> list[Pair]:
     """DPO / SFT data without --prefs: pairs sampled once from the initial policy, the best vs the
     worst response of each prompt by reward."""
     pairs = []
@@ -280,7 +303,8 @@ def sampled_pairs(policy, tokenizer, pool, args, generator, reward_fn) -> list[P
     for start in tqdm(range(0, n_prompts, args.prompts_per_step), desc="offline pairs", leave=False):
         batch = rollout(policy, tokenizer, pool[start:start + args.prompts_per_step], n_samples=args.samples,
                         temperature=args.temperature, max_new_tokens=args.max_new_tokens,
-                        generator=generator, reward_fn=reward_fn)
+                        generator=generator)
+        batch.scores = batch.correct if reward_model is None else score(reward_model, batch.gen)
         chosen, rejected = rl.best_worst_pairs(batch.scores, batch.group_size)
         for (prompt, good), (_, bad) in zip(to_lists(batch, chosen.tolist()), to_lists(batch, rejected.tolist())):
             pairs.append(Pair(prompt, good, bad))

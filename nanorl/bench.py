@@ -41,7 +41,7 @@ import torch
 
 from nanorl import algos, runtime
 from nanorl.engine import generate, naive_generate
-from nanorl.gpt import GPT, GPTConfig
+from nanorl.gpt import GPT, GPTConfig, adamw
 from nanorl.runtime import (RunError, autocast as autocast_context, check_heads, measure_peak_flops, non_negative_int,
                             pick_device, pick_dtype, positive_int, sync, timed)
 
@@ -78,7 +78,7 @@ def parse_args(argv=None):
 def measure_train(model: GPT, args, device: str, autocast) -> float:
     """Tokens/s of full training steps on random tokens."""
     model.train()
-    optimizer = model.configure_optimizer(lr=1e-4, weight_decay=0.1)
+    optimizer = adamw(model, lr=1e-4, weight_decay=0.1)
     T = model.config.block_size
     x = torch.randint(model.config.vocab_size, (args.train_batch, T), device=device)
     y = torch.randint(model.config.vocab_size, (args.train_batch, T), device=device)
@@ -188,7 +188,7 @@ def measure_grpo_step(model: GPT, args, device: str, autocast) -> dict:
         gen = sample()
         t1 = time.perf_counter()
         correct = torch.randint(2, gen.ended.shape, generator=g, device=device).float()
-        batch = algos.Rollout(gen, [], [], correct, correct, args.grpo_samples, cfg.temperature)
+        batch = algos.Rollout(gen, [], [], correct, args.grpo_samples, cfg.temperature, scores=correct)
         t2 = time.perf_counter()
         with autocast:
             algos.grpo_step(policy, None, optimizer, batch, cfg)

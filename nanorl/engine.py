@@ -47,6 +47,10 @@ class Generation:
     def clone(self) -> "Generation":
         return Generation(*(getattr(self, f.name).clone() for f in fields(self)))
 
+    def sequences(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, P + max_new_tokens) prompt + response tokens, and where they are real (not padding)."""
+        return torch.cat([self.prompt, self.tokens], 1), torch.cat([self.prompt_mask, self.mask], 1)
+
     def responses(self) -> list[list[int]]:
         """Each row's response tokens, EOS excluded (for decoding to text)."""
         lengths = (self.mask.sum(1) - self.ended.long()).tolist()
@@ -214,13 +218,12 @@ def pack(prompts: list[list[int]], responses: list[list[int]], *, eos_id: int, p
 
 def response_logits(model: GPT, gen: Generation) -> torch.Tensor:
     """(N, max_new, vocab) logits that predict each response token, from one full forward pass."""
-    seq = torch.cat([gen.prompt, gen.tokens], 1)
-    seq_mask = torch.cat([gen.prompt_mask, gen.mask], 1)
+    seq, seq_mask = gen.sequences()
     # logits only where they predict response tokens; through forward() so DDP's hooks run
     return model(seq, positions=positions_of(seq_mask), valid=seq_mask, logits_from=gen.prompt.size(1) - 1)[:, :-1]
 
 
-def sequence_logprobs(model: GPT, gen: Generation, temperature: float = 1.0, top_k: int = 0,
+def token_logprobs(model: GPT, gen: Generation, temperature: float = 1.0, top_k: int = 0,
                       top_p: float = 1.0, with_entropy: bool = False):
     """Log-probabilities (N, max_new) of `gen.tokens` under `model`, from one full forward pass.
 

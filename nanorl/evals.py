@@ -66,7 +66,7 @@ def majority_correct(answers: list[verifier.Answer | None], gold: verifier.Answe
     return top_two[0][0] == gold
 
 
-def score(problems: list[Problem], completions: list[list[str]], k: int | None = None) -> dict:
+def completion_metrics(problems: list[Problem], completions: list[list[str]], k: int | None = None) -> dict:
     """Metrics over problems with one or more completions each (k defaults to all samples)."""
     k = k or len(completions[0])
     correct_by_diff, formats, correct_by_format = defaultdict(list), Counter(), Counter()
@@ -97,15 +97,15 @@ def _mean(values) -> float:
 
 
 @torch.no_grad()
-def evaluate(model, tokenizer, problems: list[Problem], *, n_samples: int = 8, temperature: float = 0.7,
+def held_out_metrics(model, tokenizer, problems: list[Problem], *, n_samples: int = 8, temperature: float = 0.7,
              max_new_tokens: int = 128, batch_size: int = 64, seed: int = 0) -> dict:
     """Greedy pass@1 (plus by difficulty / format) and sampled pass@k, maj@k and format shares."""
     questions = [p.question for p in problems]
-    greedy = score(problems, sample_completions(model, tokenizer, questions, max_new_tokens=max_new_tokens,
+    greedy = completion_metrics(problems, sample_completions(model, tokenizer, questions, max_new_tokens=max_new_tokens,
                                                 batch_size=batch_size))
     device = model.rope_cos.device
     generator = torch.Generator(device=device).manual_seed(seed)
-    sampled = score(problems, sample_completions(model, tokenizer, questions, n_samples=n_samples,
+    sampled = completion_metrics(problems, sample_completions(model, tokenizer, questions, n_samples=n_samples,
                                                  temperature=temperature, max_new_tokens=max_new_tokens,
                                                  batch_size=max(1, batch_size // n_samples), generator=generator))
     result = {key: greedy[key] for key in ("pass@1", "pass@1_by_difficulty", "pass@1_by_format",

@@ -233,10 +233,10 @@ class GPT(nn.Module):
         flops = 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_embd * T
         return flops if training else flops / 3
 
-    def configure_optimizer(self, lr: float, weight_decay: float, betas=(0.9, 0.95), eps: float = 1e-8):
-        """AdamW with weight decay on matrices only (not on norms)."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-        fused = params[0].is_cuda
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused)
+
+def adamw(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95), eps: float = 1e-8):
+    """AdamW with weight decay on matrices only (not on norms or biases)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=params[0].is_cuda)

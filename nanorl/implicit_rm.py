@@ -33,8 +33,8 @@ import torch
 
 from nanorl import rundir, runtime
 from nanorl.compare import cell, parse_group, stats
-from nanorl.engine import sequence_logprobs
-from nanorl.reward import evaluate_pairs, packed, pair_rows, read_preferences, sample_pairs
+from nanorl.engine import token_logprobs
+from nanorl.reward import evaluate_pairs, gold_pairs, map_rows, pair_rows, read_preferences
 from nanorl.rl import sequence_logprob
 from nanorl.tasks import MAX_DIFFICULTY, problem_set
 
@@ -42,11 +42,8 @@ from nanorl.tasks import MAX_DIFFICULTY, problem_set
 @torch.no_grad()
 def log_likelihoods(model, responses, tokenizer, batch_size: int = 32) -> torch.Tensor:
     """(N,) log pi(response | prompt) of [(prompt, response) token lists]."""
-    out = []
-    for i in range(0, len(responses), batch_size):
-        gen = packed(responses[i:i + batch_size], tokenizer, model.rope_cos.device)
-        out.append(sequence_logprob(sequence_logprobs(model, gen), gen.mask))
-    return torch.cat(out)
+    return map_rows(lambda gen: sequence_logprob(token_logprobs(model, gen), gen.mask), responses, tokenizer,
+                    model.rope_cos.device, batch_size)
 
 
 def implicit_rewards(policy, ref_logps, responses, tokenizer, beta: float, per_token: bool = False,
@@ -70,22 +67,12 @@ def shifted_pairs(path: str, tokenizer, rm_args: dict, args, device):
     """Gold-labelled pairs from the --shift policy's samples for held-out test problems, sampled,
     paired and labelled as the --rm run did for its own (rm_args), without label noise."""
     same = ("samples_per_prompt", "pairs_per_prompt", "sample_batch", "temperature", "quality_coef", "gold")
-    missing = [k for k in same + ("max_new_tokens",) if k not in rm_args]
-    if missing:
-        raise runtime.RunError(f"--rm {args.rm} does not record {', '.join(missing)} (an older train_rm.py); "
-                               "train it again with this one to sample shifted pairs the same way")
-    policy, shift_tokenizer, _ = rundir.load_policy(path, "--shift", device)
-    if shift_tokenizer.to_json() != tokenizer.to_json():
-        raise runtime.RunError(f"--shift {path} uses another tokenizer than --rm {args.rm}")
+    policy, _, _ = rundir.load_policy(path, "--shift", device, like=tokenizer)
     difficulties = range(rm_args.get("min_difficulty", 1), rm_args.get("max_difficulty", MAX_DIFFICULTY) + 1)
     problems = problem_set("test", args.n_prompts, seed=args.seed, difficulties=difficulties)
     sampling = SimpleNamespace(**{k: rm_args[k] for k in same},
                                max_new_tokens=args.max_new_tokens or rm_args["max_new_tokens"])
-    pairs, _ = sample_pairs(policy, tokenizer, problems, sampling, 0.0, args.seed, device, torch.float32, "shifted pairs")
-    if not pairs:
-        raise runtime.RunError(f"--shift {path}: no pairs, as all its samples of each prompt got the same gold "
-                               f"reward; raise --n-prompts")
-    return pairs
+    return gold_pairs(policy, tokenizer, problems, sampling, args.seed, device, torch.float32, f"--shift policy {path}")[0]
 
 
 def main(argv=None):

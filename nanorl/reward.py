@@ -56,6 +56,7 @@ from tqdm import tqdm
 from nanorl import runtime, verifier
 from nanorl.engine import Generation, generate, pack, positions_of, token_budget
 from nanorl.gpt import GPT, GPTConfig
+from nanorl.rl import last_index
 from nanorl.runtime import DataError, RunError, iter_jsonl
 from nanorl.tasks import RENDERERS, encode_prompts, render
 
@@ -98,18 +99,10 @@ def value_model(policy: GPT, reward_model: ScalarModel | None = None) -> ScalarM
     return value
 
 
-def last_token_scores(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """(B,) the value at the last True column of each row of `valid`."""
-    columns = torch.arange(valid.size(1), device=valid.device)
-    last = torch.where(valid, columns, -1).max(dim=1).values.clamp(min=0)
-    return values.gather(1, last[:, None]).squeeze(1)
-
-
 def score(model: ScalarModel, gen: Generation) -> torch.Tensor:
-    """(N,) reward-model scores of the rows of a Generation (prompt + response)."""
-    seq = torch.cat([gen.prompt, gen.tokens], 1)
-    valid = torch.cat([gen.prompt_mask, gen.mask], 1)
-    return last_token_scores(model(seq, valid), valid)
+    """(N,) reward-model scores of the rows of a Generation (prompt + response): r at the last real token."""
+    seq, valid = gen.sequences()
+    return model(seq, valid).gather(1, last_index(valid)[:, None]).squeeze(1)
 
 
 def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin: float = 0.0,
@@ -138,12 +131,6 @@ def pairs_to_generation(pairs: list[Pair], eos_id: int, pad_id: int, device="cpu
     prompts = [p.prompt for p in pairs] * 2
     return pack(prompts, [p.chosen for p in pairs] + [p.rejected for p in pairs], eos_id=eos_id, pad_id=pad_id,
                 device=device)
-
-
-def packed(rows: list[tuple[list[int], list[int]]], tokenizer, device) -> Generation:
-    """A Generation of [(prompt, response) token lists], padded with the tokenizer's ids."""
-    prompts, responses = zip(*rows)
-    return pack(list(prompts), list(responses), eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, device=device)
 
 
 def read_preferences(path: str, tokenizer, block_size: int) -> list[Pair]:
@@ -232,7 +219,7 @@ def gold_reward(text: str, problem, length: int, ended: bool, max_new_tokens: in
     return float(hit) + quality_coef * quality
 
 
-def preference_pairs(gold: list[float], group_size: int, max_pairs: int, label_noise: float,
+def annotator_pairs(gold: list[float], group_size: int, max_pairs: int, label_noise: float,
                      rng: random.Random) -> list[tuple[int, int]]:
     """(chosen, rejected) indices into `gold`, pairing responses within each group of
     `group_size` consecutive entries (the samples of one prompt).
@@ -291,20 +278,35 @@ def sample_responses(policy, tokenizer, problems, args, seed, device, dtype, des
 def sample_pairs(policy, tokenizer, problems, args, label_noise, seed, device, dtype, desc):
     """Preference pairs from the policy's samples, labelled by simulated annotators; and stats."""
     responses, gold, stats = sample_responses(policy, tokenizer, problems, args, seed, device, dtype, desc)
-    labelled = preference_pairs(gold, args.samples_per_prompt, args.pairs_per_prompt, label_noise, random.Random(seed))
+    labelled = annotator_pairs(gold, args.samples_per_prompt, args.pairs_per_prompt, label_noise, random.Random(seed))
     pairs = [Pair(responses[c][0], responses[c][1], responses[r][1], gold[c] - gold[r]) for c, r in labelled]
     return pairs, stats
 
 
+def gold_pairs(policy, tokenizer, problems, args, seed, device, dtype, who: str) -> tuple[list[Pair], dict]:
+    """Pairs of `policy`'s samples labelled by the noise-free annotator, for held-out accuracy on `who`'s
+    distribution; a RunError when every prompt's samples tie."""
+    pairs, stats = sample_pairs(policy, tokenizer, problems, args, 0.0, seed, device, dtype, f"gold pairs ({who})")
+    if not pairs:
+        raise RunError(f"no held-out pairs from the {who}: all its samples of each prompt got the same gold reward; "
+                       f"raise the number of prompts, the samples per prompt, the temperature or the quality coefficient")
+    return pairs, stats
+
+
 @torch.no_grad()
+def map_rows(fn, rows, tokenizer, device, batch_size: int) -> torch.Tensor:
+    """torch.cat of fn(Generation) over [(prompt, response) token lists], batch_size rows at a time."""
+    out = []
+    for i in range(0, len(rows), batch_size):
+        prompts, responses = zip(*rows[i:i + batch_size])
+        out.append(fn(pack(prompts, responses, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, device=device)))
+    return torch.cat(out)
+
+
 def score_responses(model, responses, tokenizer, args, device, dtype) -> torch.Tensor:
     """(N,) scores of [(prompt, response) token lists], in batches of 2 * args.batch_size rows."""
-    scores = []
-    for i in range(0, len(responses), 2 * args.batch_size):
-        gen = packed(responses[i:i + 2 * args.batch_size], tokenizer, device)
-        with runtime.autocast(device, dtype):
-            scores.append(score(model, gen))
-    return torch.cat(scores)
+    with runtime.autocast(device, dtype):
+        return map_rows(lambda gen: score(model, gen), responses, tokenizer, device, 2 * args.batch_size)
 
 
 def pair_rows(pairs: list[Pair]) -> list[tuple[list[int], list[int]]]:

@@ -51,10 +51,10 @@ Implementation details that matter (numbered as in the cleanrl docs)
    Returns are A + V computed BEFORE whitening; whitening uses the masked mean and the unbiased
    masked variance (as TRL) and leaves padding at 0.
 5. Logprobs must be recomputed at the sampling temperature (and top-k / top-p): the sampler drew
-   from softmax(logits / T), so `engine.sequence_logprobs(model, gen, T)` must divide the logits by
+   from softmax(logits / T), so `engine.token_logprobs(model, gen, T)` must divide the logits by
    T too. Otherwise rho != 1 before the first update and the KL to the old policy is wrong from
    step one (the classic "negative KL" report). In bf16 the KV-cache sampler and the full forward
-   still differ slightly: take old logprobs from a no-grad `sequence_logprobs` pass there.
+   still differ slightly: take old logprobs from a no-grad `token_logprobs` pass there.
 6. With one optimisation pass per batch (mu = 1) rho is exactly 1, so the logged loss is the
    (token-weighted) mean of -A, ~0 because advantages are whitened or group-normalised, although
    the gradient -mean(A grad logp) is not. Log the policy-gradient norm to see learning.

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from nanorl.engine import Generation, positions_of
 from nanorl.reward import ScalarModel
+from nanorl.rl import last_index
 
 
 class MultiViewHeads(nn.Module):
@@ -49,7 +50,7 @@ class MultiViewHeads(nn.Module):
     def encode(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.mean(h), F.softplus(self.std(h)) + 1e-6
 
-    def score(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    def critic_scores(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
         return self.critic(torch.cat([z1, z2], -1)).squeeze(-1)
 
 
@@ -75,19 +76,16 @@ def kl_beta(step: int, total: int, start: float = 1e-3, end: float = 1.0) -> flo
 
 def last_hidden(model: ScalarModel, gen: Generation) -> torch.Tensor:
     """(N, n_embd) the RM backbone's final hidden state at each row's last real token (where r is read)."""
-    seq = torch.cat([gen.prompt, gen.tokens], 1)
-    valid = torch.cat([gen.prompt_mask, gen.mask], 1)
+    seq, valid = gen.sequences()
     hidden = model.backbone.hidden_states(seq, positions=positions_of(valid), valid=valid)
-    columns = torch.arange(valid.size(1), device=valid.device)
-    last = torch.where(valid, columns, -1).max(dim=1).values
-    return hidden[torch.arange(len(last), device=last.device), last]
+    return hidden[torch.arange(len(hidden), device=hidden.device), last_index(valid)]
 
 
 def uml_loss(heads: MultiViewHeads, h1: torch.Tensor, h2: torch.Tensor, beta: float) -> tuple[torch.Tensor, dict]:
     """L_M for a batch of view pairs (row i of h1 and of h2: two responses to prompt i)."""
     (mu1, std1), (mu2, std2) = heads.encode(h1), heads.encode(h2)
     z1, z2 = mu1 + std1 * torch.randn_like(std1), mu2 + std2 * torch.randn_like(std2)
-    mi = js_mutual_information(heads.score(z1, z2), heads.score(z1, z2.roll(1, 0)))
+    mi = js_mutual_information(heads.critic_scores(z1, z2), heads.critic_scores(z1, z2.roll(1, 0)))
     skl = symmetric_kl(mu1, std1, mu2, std2).mean()
     return -mi + beta * skl, {"mi_js": mi.item(), "skl": skl.item(), "beta": beta}
 

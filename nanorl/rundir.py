@@ -10,7 +10,7 @@ what its script writes besides (metrics.jsonl, eval.json, plots, ckpt.pt). The k
 
 1. A loader per role checks the kind first and says in one line what it was given and what the
    flag needs: "--init runs/rm is a reward-model run (kind rm); --init needs a pretraining run
-   (kind pretrain) or a fine-tuned policy run (kind policy)". Directories written before kinds existed get theirs from config.json's "script".
+   (kind pretrain) or a fine-tuned policy run (kind policy)".
 2. A corrupt or mismatched directory (a truncated model.pt, a missing tokenizer.json, the
    tokenizer of another run) is a RunError naming the file and what to do, never a traceback.
 3. Outputs: `prepare_out` refuses an --out that is, or lies inside, an input run directory (or
@@ -40,14 +40,11 @@ KINDS = {  # kind: (the script that writes it, how a message names it)
     "policy": ("train_ppo.py", "a fine-tuned policy run"),
     "mdl": ("probe_mdl.py", "an extractability (MDL) run"),
 }
-LEGACY_KINDS = {"train_pretrain.py": "pretrain", "train_rm.py": "rm", "train_ppo.py": "policy", "reward_model": "rm"}
 MODEL_FILES = ("config.json", "tokenizer.json", "model.pt")
 
 
 def kind_of(config: dict) -> str | None:
-    """The run's kind; runs written before kinds existed are known by their script."""
-    kind = config.get("kind")
-    return kind if kind in KINDS else LEGACY_KINDS.get(kind) or LEGACY_KINDS.get(config.get("script"))
+    return config.get("kind") if config.get("kind") in KINDS else None
 
 
 def read_config(path: str, flag: str) -> dict:
@@ -118,22 +115,25 @@ def _check_vocab(model_config: GPTConfig, tokenizer: Tokenizer, path: str, flag:
                        f"{model_config.vocab_size}; tokenizer.json and model.pt come from different runs")
 
 
-def load_policy(path: str, flag: str = "--init", device: str = "cpu"):
-    """(GPT, tokenizer, config) of a pretrain or policy run, in eval mode on `device`."""
-    config = check_run(path, flag, ("pretrain", "policy"))
-    tokenizer, model_config = load_tokenizer(path, flag), _model_config(config, path, flag)
-    _check_vocab(model_config, tokenizer, path, flag)
-    model = GPT(model_config)
-    load_weights(model, path, flag)
-    return model.to(device).eval(), tokenizer, config
+def load_policy(path: str, flag: str = "--init", device: str = "cpu", like: Tokenizer | None = None):
+    """(GPT, tokenizer, config) of a pretrain or policy run, in eval mode on `device`; with `like`, its
+    tokenizer must be that one (the runs of one experiment share their pretraining's)."""
+    return _load(GPT, ("pretrain", "policy"), path, flag, device, like)
 
 
-def load_reward_model(path: str, flag: str = "--rm", device: str = "cpu"):
-    """(ScalarModel, tokenizer, config) of a reward-model run, in eval mode on `device`."""
-    config = check_run(path, flag, ("rm",))
+def load_reward_model(path: str, flag: str = "--rm", device: str = "cpu", like: Tokenizer | None = None):
+    """(ScalarModel, tokenizer, config) of a reward-model run, in eval mode on `device` (`like`: as above)."""
+    return _load(ScalarModel, ("rm",), path, flag, device, like)
+
+
+def _load(model_class, kinds: tuple[str, ...], path: str, flag: str, device: str, like: Tokenizer | None):
+    config = check_run(path, flag, kinds)
     tokenizer, model_config = load_tokenizer(path, flag), _model_config(config, path, flag)
     _check_vocab(model_config, tokenizer, path, flag)
-    model = ScalarModel(model_config)
+    if like is not None and tokenizer.to_json() != like.to_json():
+        raise RunError(f"{flag} {path} uses another tokenizer than the run it is used with; train both from the "
+                       f"same pretraining run")
+    model = model_class(model_config)
     load_weights(model, path, flag)
     return model.to(device).eval(), tokenizer, config
 

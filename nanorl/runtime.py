@@ -78,6 +78,30 @@ class CtrlC:
         return all_reduce_sum(torch.tensor(float(self.pressed), device=device), info).item() > 0
 
 
+def after_step(done: int, args, ctrl_c: CtrlC, info: "Dist", device: str, save, every: int | None = None):
+    """The end of a training step (`done` steps so far): save(done) every `every` steps, at --stop-after
+    and after a Ctrl-C, then exit at a Ctrl-C (code 130) or at --stop-after (code 0)."""
+    stop = ctrl_c.requested(info, device)
+    if (every and done % every == 0) or done == args.stop_after or stop:
+        save(done)
+    if stop:
+        print0(f"interrupted: saved {args.out}/ckpt.pt at step {done}; continue with --resume", info=info)
+        sys.exit(130)
+    if done == args.stop_after:
+        print0(f"stopped after step {done} (--stop-after); continue with --resume", info=info)
+        sys.exit(0)
+
+
+def lr_at(step: int, total: int, lr: float, warmup: int, decay: str = "cosine", min_frac: float = 0.0) -> float:
+    """Linear warm-up over `warmup` steps, then cosine or linear decay to min_frac * lr at step `total`."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    if decay == "linear":
+        return lr * max(0.0, (total - step) / max(1, total - warmup))
+    progress = min((step - warmup) / max(1, total - warmup), 1.0)
+    return lr * (min_frac + (1 - min_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
 # ----------------------------------------------------------------------------- inputs
 
 def apply_preset(args, presets: dict):

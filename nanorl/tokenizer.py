@@ -110,9 +110,6 @@ class Tokenizer:
         return self._tok.decode_batch([self._keep(ids) for ids in batch],
                                       skip_special_tokens=False)
 
-    def id_to_token(self, i: int) -> str | None:
-        return self._tok.id_to_token(i)
-
     # ---- properties ---------------------------------------------------------------------
 
     @property

@@ -153,7 +153,7 @@ def _rollout(policy, vocab: DigitVocab, x: np.ndarray, target: str, kind: str, g
     t = torch.tensor(TARGETS[target](x), device=gen.tokens.device)
     digits = torch.where(gen.mask, vocab.digits(gen.tokens), -1)
     scores = reward(digits, t, kind)
-    return algos.Rollout(gen, [], [], scores, scores, group_size=1, temperature=1.0)
+    return algos.Rollout(gen, [], [], scores, group_size=1, temperature=1.0, scores=scores)
 
 
 def train_policy(policy: GPT, vocab: DigitVocab, prompts: np.ndarray, target: str, kind: str, *, iterations: int,

@@ -61,7 +61,7 @@ def make_rollout(model, rows=None) -> algos.Rollout:
     scores = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0])
     n = len(scores)
     rows = torch.arange(n) if rows is None else rows
-    return algos.Rollout(gen[rows], [""] * len(rows), ["none"] * len(rows), scores[rows], scores[rows], GROUP, 1.0)
+    return algos.Rollout(gen[rows], [""] * len(rows), ["none"] * len(rows), scores[rows], GROUP, 1.0, scores=scores[rows])
 
 
 @pytest.fixture(scope="module")

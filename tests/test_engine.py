@@ -5,7 +5,7 @@ import torch
 
 from nanorl import engine
 from nanorl.engine import (Generation, filter_logits, generate, left_pad, naive_generate, sample_next,
-                           sequence_logprobs, token_budget)
+                           token_logprobs, token_budget)
 from conftest import sharp_gpt
 
 
@@ -76,7 +76,7 @@ def test_logprobs_match_recompute(model, temperature, top_k, top_p):
     eos_id = eos_emitted(sample(model, -1, **kwargs), row=0, step=4)
     gen = sample(model, eos_id, **kwargs)  # same seed: same samples up to the first EOS
     assert_stops_at_eos(gen, eos_id)
-    torch.testing.assert_close(sequence_logprobs(model, gen, **kwargs), gen.logprobs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(token_logprobs(model, gen, **kwargs), gen.logprobs, atol=1e-5, rtol=0)
 
 
 def test_sampling_matches_naive_token_for_token(model):
@@ -108,7 +108,7 @@ def test_generation_is_usable_in_a_backward(model):
     for its backward (as every RL loss does) must work on them."""
     gen = sample(model, -1)
     assert not any(t.is_inference() for t in (gen.prompt, gen.tokens, gen.logprobs, gen.mask, gen.ended))
-    logprobs = sequence_logprobs(model, gen)
+    logprobs = token_logprobs(model, gen)
     torch.where(gen.mask, logprobs - gen.logprobs, 0.0).sum().backward()
     assert all(p.grad is not None for p in model.parameters())
     model.zero_grad(set_to_none=True)

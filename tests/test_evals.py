@@ -4,7 +4,7 @@ from fractions import Fraction
 
 import pytest
 
-from nanorl.evals import majority_correct, pass_at_k, score
+from nanorl.evals import majority_correct, pass_at_k, completion_metrics
 from nanorl.tasks import Question
 
 
@@ -43,7 +43,7 @@ def test_score_compares_exact_answers():
     problems = [Question("Half of 7?", Fraction(7, 2)), Question("2 + 3?", 5)]
     completions = [["\\boxed{3.5}", "#### 7/2", "\\boxed{3}"],
                    ["#### 5.0", "def f():\n    return 10 / 2\n", "\\boxed{4}"]]
-    result = score(problems, completions)
+    result = completion_metrics(problems, completions)
     assert result["k"] == 3
     assert result["pass@1"] == pytest.approx(2 / 3)
     assert result["pass@k"] == 1.0 and result["maj@k"] == 1.0
@@ -53,4 +53,4 @@ def test_score_compares_exact_answers():
 
 def test_score_rejects_k_above_the_samples():
     with pytest.raises(ValueError):
-        score([Question("2 + 3?", 5)], [["\\boxed{5}"]], k=2)
+        completion_metrics([Question("2 + 3?", 5)], [["\\boxed{5}"]], k=2)

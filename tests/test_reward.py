@@ -14,7 +14,8 @@ from nanorl.data import DataError
 from nanorl.engine import Generation
 from nanorl.gpt import GPT, GPTConfig
 from nanorl.tasks import problem_set
-from nanorl.reward import (Pair, ScalarModel, bradley_terry_loss, gold_reward, last_token_scores, pairs_to_generation, preference_pairs, read_preferences, score)
+from nanorl.reward import (Pair, ScalarModel, bradley_terry_loss, gold_reward, pairs_to_generation, annotator_pairs, read_preferences, score)
+from nanorl.rl import last_index
 from nanorl.tokenizer import Tokenizer
 
 SMALL = GPTConfig(vocab_size=32, block_size=64, n_layer=2, n_head=2, n_embd=16)
@@ -55,10 +56,9 @@ def test_bt_margin_centring_and_stats_by_hand():
 
 # ----------------------------------------------------------------------------- model
 
-def test_last_token_scores_picks_the_last_true_column():
-    values = torch.arange(12.0).view(2, 6)
+def test_last_index_picks_the_last_true_column():
     valid = torch.tensor([[False, True, True, True, False, False], [False, False, True, True, True, True]])
-    assert last_token_scores(values, valid).tolist() == [3.0, 11.0]
+    assert last_index(valid).tolist() == [3, 5]
 
 
 def padded(prompt, response, left, right, pad=2):
@@ -142,20 +142,20 @@ def test_gold_reward_prefers_correct_then_short():
 def test_label_noise_flips_the_requested_fraction(noise):
     rng = random.Random(0)
     gold = [g for _ in range(20000) for g in (rng.random(), rng.random())]
-    pairs = preference_pairs(gold, group_size=2, max_pairs=1, label_noise=noise, rng=random.Random(1))
+    pairs = annotator_pairs(gold, group_size=2, max_pairs=1, label_noise=noise, rng=random.Random(1))
     assert len(pairs) == 20000
     flipped = sum(gold[c] < gold[r] for c, r in pairs) / len(pairs)
     if noise == 0:
         assert flipped == 0
     else:
         assert flipped == pytest.approx(noise, abs=0.015)  # 4+ standard errors
-    again = preference_pairs(gold, group_size=2, max_pairs=1, label_noise=noise, rng=random.Random(1))
+    again = annotator_pairs(gold, group_size=2, max_pairs=1, label_noise=noise, rng=random.Random(1))
     assert again == pairs  # seeded
 
 
 def test_pairs_stay_within_prompts_largest_gap_first_and_capped():
     gold = [1.05, 1.05, 0.02, 0.01,   0.5, 0.5, 0.5, 0.5]  # two prompts of 4 samples
-    pairs = preference_pairs(gold, group_size=4, max_pairs=3, label_noise=0.0, rng=random.Random(0))
+    pairs = annotator_pairs(gold, group_size=4, max_pairs=3, label_noise=0.0, rng=random.Random(0))
     assert len(pairs) == 3  # the second prompt's samples are all equal: no pairs
     assert all(c < 4 and r < 4 and gold[c] > gold[r] for c, r in pairs)
     assert all(gold[c] - gold[r] > 1.0 for c, r in pairs)  # correctness pairs before the quality-only one

@@ -7,7 +7,7 @@ import torch
 
 from conftest import sharp_gpt
 from nanorl import rl
-from nanorl.engine import generate, pack, positions_of, sequence_logprobs
+from nanorl.engine import generate, pack, positions_of, token_logprobs
 
 EOS, PAD = 2, 0
 
@@ -245,7 +245,7 @@ def accumulated_grads(model, chunks, loss_fn) -> list[torch.Tensor]:
     model.zero_grad()
     for rows in chunks:
         gen = pack([PROMPTS[i] for i in rows], [RESPONSES[i] for i in rows], eos_id=EOS, pad_id=PAD)
-        loss_fn(sequence_logprobs(model, gen), gen.mask, rows).backward()
+        loss_fn(token_logprobs(model, gen), gen.mask, rows).backward()
     return [p.grad.clone() for p in model.parameters()]
 
 
@@ -255,7 +255,7 @@ def rollout(model):
     g = torch.Generator().manual_seed(0)
     whole = pack(PROMPTS, RESPONSES, eos_id=EOS, pad_id=PAD)
     with torch.no_grad():
-        logprobs = sequence_logprobs(model, whole)
+        logprobs = token_logprobs(model, whole)
     old = logprobs + 0.3 * torch.randn(logprobs.shape, generator=g)
     ref = logprobs + 0.3 * torch.randn(logprobs.shape, generator=g)
     advantages = rl.group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 0.0]), group_size=3)
@@ -309,7 +309,7 @@ def test_grpo_and_local_token_mean_are_not_invariant(model, rollout):
 def test_recomputed_logprobs_match_sampler_only_at_its_temperature(model):
     gen = generate(model, PROMPTS, 8, eos_id=EOS, pad_id=PAD, n_samples=2, temperature=0.7,
                    generator=torch.Generator().manual_seed(0))
-    at_07, at_10 = sequence_logprobs(model, gen, 0.7), sequence_logprobs(model, gen, 1.0)
+    at_07, at_10 = token_logprobs(model, gen, 0.7), token_logprobs(model, gen, 1.0)
     torch.testing.assert_close(at_07, gen.logprobs, atol=1e-5, rtol=0)
     assert (at_10 - gen.logprobs)[gen.mask].abs().max() > 0.05
     _, right = rl.ppo_policy_loss(at_07, gen.logprobs, torch.ones_like(at_07), gen.mask)
@@ -381,4 +381,4 @@ def test_sft_loss_on_response_tokens_only(model):
     targets = torch.full_like(seq, -1)
     targets[:, P - 1:-1] = torch.where(gen.mask, gen.tokens, -1)
     _, ce = model(seq, targets, positions=positions_of(seq_mask), valid=seq_mask)
-    torch.testing.assert_close(rl.sft_loss(sequence_logprobs(model, gen), gen.mask), ce)
+    torch.testing.assert_close(rl.sft_loss(token_logprobs(model, gen), gen.mask), ce)

@@ -23,7 +23,7 @@ def test_js_bound_is_higher_for_dependent_views():
 
         def bound(z1):
             z2 = make_z2(z1)
-            return rlp.js_mutual_information(heads.score(z1, z2), heads.score(z1, z2.roll(1, 0)))
+            return rlp.js_mutual_information(heads.critic_scores(z1, z2), heads.critic_scores(z1, z2.roll(1, 0)))
         for _ in range(200):
             (-bound(torch.randn(256, 4))).backward()
             optimizer.step(), optimizer.zero_grad()

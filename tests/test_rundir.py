@@ -24,17 +24,10 @@ def test_pretraining_writes_its_kind_and_format(pretrained_run):
     assert (config["kind"], config["format"]) == ("pretrain", rundir.FORMAT)
 
 
-@pytest.mark.parametrize("legacy, kind", [({"script": "train_pretrain.py"}, "pretrain"),
-                                          ({"script": "train_rm.py", "kind": "reward_model"}, "rm"),
-                                          ({"script": "train_ppo.py"}, "policy"), ({}, None)])
-def test_runs_written_before_kinds_get_theirs_from_the_script(legacy, kind):
-    assert rundir.kind_of(legacy) == kind
-
-
-def test_an_old_pretraining_run_still_loads(pretrained_run, tmp_path):
+def test_a_run_without_a_kind_is_refused(pretrained_run, tmp_path):
     old = copy_run(pretrained_run, tmp_path / "old", kind=None, format=None)
-    model, tokenizer, config = rundir.load_policy(str(old))
-    assert "kind" not in config and model.config.vocab_size == tokenizer.vocab_size
+    with pytest.raises(RunError, match="of unknown kind"):
+        rundir.load_policy(str(old))
 
 
 def test_loaders_say_what_they_got_and_what_they_need(pretrained_run, tmp_path):

@@ -12,10 +12,9 @@ import time
 import pytest
 
 from conftest import ROOT, run_script, snapshot
-import torch
 
-from nanorl import rundir, runtime, tasks, verifier
-from nanorl.reward import gold_reward
+from nanorl import algos, rundir, runtime, tasks, verifier
+from nanorl.reward import gold_reward, score
 import train_ppo
 
 ALGOS = ["ppo", "grpo", "ei", "online_dpo", "dpo", "sft"]
@@ -102,16 +101,20 @@ def test_reward_model_defaults_stop_before_over_optimisation():
 
 
 def test_logged_gold_reward_is_the_gold_reward_of_the_samples(pretrained_run, tmp_path):
-    """Trainer.step's gold_reward is the mean of reward.gold_reward over the very samples the RM scored,
-    and the policy that drew them is the reference at step 0 (KL exactly 0), not after updates."""
+    """gold_stats' gold_reward is the mean of reward.gold_reward over the very samples the RM scored, and the
+    policy that drew them is the reference at step 0 (KL exactly 0), not after updates."""
     rm = tmp_path / "rm"
     run_script("train_rm.py", "--init", str(pretrained_run), "--out", str(rm), "--preset", "test")
     args = train_ppo.parse_args(["--init", str(pretrained_run), "--reward", "rm", "--rm", str(rm), "--preset", "test",
                                  "--out", str(tmp_path / "unused"), "--prompts-per-step", "3", "--samples", "2"])
-    trainer = train_ppo.Trainer(args, runtime.Dist(), "cpu", torch.float32)
+    info = runtime.Dist()
+    run = train_ppo.load_run(args, info, "cpu")
     for step in range(3):
-        stats, batch = trainer.step(step)
-        _, problems = train_ppo.step_problems(trainer.pool, step, args, trainer.info)
+        _, problems = train_ppo.step_problems(run.pool, step, args, info)
+        batch = train_ppo.sample(run, args, problems)
+        batch.scores = score(run.reward_model, batch.gen)
+        stats = train_ppo.gold_stats(run, args, batch, problems, info)
+        algos.ppo_step(run.policy, run.ref, run.value, run.optimizer, batch, train_ppo.rl_config(args))
         lengths = batch.gen.mask.sum(1).tolist()
         naive = [gold_reward(text, problems[i // 2], lengths[i], bool(batch.gen.ended[i]), args.max_new_tokens,
                              args.quality_coef) for i, text in enumerate(batch.texts)]
