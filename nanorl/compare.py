@@ -237,18 +237,24 @@ def markdown(groups: list[dict]) -> str:
     return "\n".join(rows) + "\n"
 
 
-def main(argv=None):
+def parse_args(argv=None):
     p = runtime.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="train_ppo.py run directories (finished: with eval.json), grouped by "
                    "their flags; or NAME=RUN[,RUN...] groups named by you")
     p.add_argument("--out", default="runs/compare", help="directory for summary.json, summary.md and the plots")
     args = p.parse_args(argv)
-    named = None
+    args.named = None
     if any("=" in item and not os.path.isdir(item) for item in args.runs):  # runs/lr=1e-5 is a run
         try:
-            named = [parse_group(item) for item in args.runs]
+            args.named = [parse_group(item) for item in args.runs]
         except argparse.ArgumentTypeError as err:
             p.error(f"{err} (give every group as NAME=RUN[,RUN...], or only run directories)")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    named = args.named
     paths = [path for _, group in named for path in group] if named else args.runs
     if any(os.path.abspath(args.out) == os.path.abspath(path) for path in paths):
         raise RunError(f"--out {args.out} is one of the runs compared; pick a new directory")

@@ -25,6 +25,7 @@ from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from nanorl.gpt import GPT, KVCache
 
@@ -169,6 +170,17 @@ def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, *, eos_i
         logits = model.lm_head(hidden[:, -1])
     with torch.inference_mode(False):  # plain tensors: an RL update saves some of them for its backward
         return Generation(prompt, prompt_mask, tokens, logprobs, mask, done).clone()
+
+
+def generate_batches(model: GPT, prompts: list[list[int]], max_new_tokens: int, batch_size: int, *, eos_id: int,
+                     pad_id: int, n_samples: int = 1, temperature: float = 1.0, generator=None, desc=None):
+    """Yield (start, Generation) for each batch of `batch_size` prompts from `start` on, with a progress
+    bar when `desc` is given. A batch gets at most what the context leaves after its longest prompt."""
+    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=desc is None, leave=False,
+                      dynamic_ncols=True):
+        batch = prompts[start:start + batch_size]
+        yield start, generate(model, batch, token_budget(model, batch, max_new_tokens), eos_id=eos_id, pad_id=pad_id,
+                              n_samples=n_samples, temperature=temperature, generator=generator)
 
 
 @torch.no_grad()

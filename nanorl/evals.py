@@ -30,7 +30,7 @@ from collections import Counter, defaultdict
 import torch
 
 from nanorl import plots, runtime, verifier
-from nanorl.engine import generate
+from nanorl.engine import generate_batches
 from nanorl.reward import gold_reward
 from nanorl.tasks import Problem, encode_prompts
 
@@ -40,10 +40,10 @@ SMOOTH = 7  # steps in the moving mean of over-optimisation curves: one step's g
 def sample_completions(model, tokenizer, questions: list[str], *, n_samples: int = 1, temperature: float = 0.0,
                        max_new_tokens: int = 128, batch_size: int = 64, generator=None) -> list[list[str]]:
     """n_samples decoded completions per question, generated in batches of prompts."""
-    prompts, out = encode_prompts(tokenizer, questions), []
-    for i in range(0, len(prompts), batch_size):
-        gen = generate(model, prompts[i:i + batch_size], max_new_tokens, eos_id=tokenizer.eos_id,
-                       pad_id=tokenizer.pad_id, n_samples=n_samples, temperature=temperature, generator=generator)
+    out = []
+    for _, gen in generate_batches(model, encode_prompts(tokenizer, questions), max_new_tokens, batch_size,
+                                   eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, n_samples=n_samples,
+                                   temperature=temperature, generator=generator):
         texts = tokenizer.decode_batch(gen.responses())
         out.extend(texts[j:j + n_samples] for j in range(0, len(texts), n_samples))
     return out
@@ -132,9 +132,8 @@ def sampled_gold(model, tokenizer, problems: list[Problem], *, temperature: floa
     prompts = encode_prompts(tokenizer, [p.question for p in problems])
     generator = torch.Generator(device=model.rope_cos.device).manual_seed(seed)
     gold = []
-    for i in range(0, len(prompts), batch_size):
-        gen = generate(model, prompts[i:i + batch_size], max_new_tokens, eos_id=tokenizer.eos_id,
-                       pad_id=tokenizer.pad_id, temperature=temperature, generator=generator)
+    for i, gen in generate_batches(model, prompts, max_new_tokens, batch_size, eos_id=tokenizer.eos_id,
+                                   pad_id=tokenizer.pad_id, temperature=temperature, generator=generator):
         texts = tokenizer.decode_batch(gen.responses())
         for problem, text, length, ended in zip(problems[i:i + batch_size], texts, gen.mask.sum(1).tolist(),
                                                 gen.ended.tolist()):

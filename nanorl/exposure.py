@@ -41,7 +41,7 @@ import torch
 
 from nanorl import plots, rundir, runtime, verifier
 from nanorl.compare import cell, parse_group, stats
-from nanorl.engine import generate, pack, response_logits, token_budget
+from nanorl.engine import generate_batches, pack, response_logits
 from nanorl.reward import reference_pairs
 from nanorl.tasks import MAX_DIFFICULTY, RENDERERS, problem_set
 
@@ -102,12 +102,9 @@ def greedy(model, tokenizer, prompts, max_new_tokens, batch_size=64):
     length, and a batch gets at most what the context leaves after its longest prompt."""
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     responses, ended = [None] * len(prompts), [None] * len(prompts)
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
-        batch = [prompts[i] for i in rows]
-        gen = generate(model, batch, token_budget(model, batch, max_new_tokens), eos_id=tokenizer.eos_id,
-                       pad_id=tokenizer.pad_id, temperature=0.0)
-        for i, r, e in zip(rows, gen.responses(), gen.ended.tolist()):
+    for start, gen in generate_batches(model, [prompts[i] for i in order], max_new_tokens, batch_size,
+                                       eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, temperature=0.0):
+        for i, r, e in zip(order[start:start + batch_size], gen.responses(), gen.ended.tolist()):
             responses[i], ended[i] = r, e
     return responses, ended
 
@@ -115,10 +112,8 @@ def greedy(model, tokenizer, prompts, max_new_tokens, batch_size=64):
 def sampled(model, tokenizer, prompts, max_new_tokens, k, temperature, seed, batch_size=16):
     """k sampled responses per prompt (token lists), from a seeded generator."""
     generator, out = torch.Generator(device=model.rope_cos.device).manual_seed(seed), []
-    for i in range(0, len(prompts), batch_size):
-        batch = prompts[i:i + batch_size]
-        gen = generate(model, batch, token_budget(model, batch, max_new_tokens), eos_id=tokenizer.eos_id,
-                       pad_id=tokenizer.pad_id, n_samples=k, temperature=temperature, generator=generator)
+    for _, gen in generate_batches(model, prompts, max_new_tokens, batch_size, eos_id=tokenizer.eos_id,
+                                   pad_id=tokenizer.pad_id, n_samples=k, temperature=temperature, generator=generator):
         rows = gen.responses()
         out += [rows[j:j + k] for j in range(0, len(rows), k)]
     return out
@@ -204,7 +199,7 @@ def plot(out: str, groups: dict, fmt: str):
                 "reference length (tokens)", "excess error (%)")
 
 
-def main(argv=None):
+def parse_args(argv=None):
     p = runtime.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", action="append", type=parse_group, required=True,
                    help="NAME=RUN[,RUN...]: a group of pretrain or policy runs (seeds); repeatable")
@@ -218,9 +213,14 @@ def main(argv=None):
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--out", default="runs/exposure", help="directory for exposure.json, exposure.md and the plots")
     args = p.parse_args(argv)
-    device = runtime.pick_device(args.device)
     if len({name for name, _ in args.run}) < len(args.run):
         p.error("give every --run group its own NAME")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = runtime.pick_device(args.device)
     loaded = [[rundir.load_policy(path, "--run", device) for path in paths] for _, paths in args.run]
     os.makedirs(args.out, exist_ok=True)
     difficulties = range(1, MAX_DIFFICULTY + 1)

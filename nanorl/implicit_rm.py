@@ -75,7 +75,7 @@ def shifted_pairs(path: str, tokenizer, rm_args: dict, args, device):
     return gold_pairs(policy, tokenizer, problems, sampling, args.seed, device, torch.float32, f"--shift policy {path}")[0]
 
 
-def main(argv=None):
+def parse_args(argv=None):
     p = runtime.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rm", required=True, help="train_rm.py run: the global reward model and its held-out pairs")
     p.add_argument("--policy", action="append", type=parse_group, required=True,
@@ -86,7 +86,11 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed of the shifted problems and samples")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--out", default="runs/implicit_rm", help="directory for implicit_rm.json")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
     device = runtime.pick_device(args.device)
     rm, tokenizer, rm_config = rundir.load_reward_model(args.rm, "--rm", device)
     held_out = os.path.join(args.rm, "prefs_held_out.jsonl")

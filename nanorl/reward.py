@@ -51,10 +51,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tqdm import tqdm
-
 from nanorl import runtime, verifier
-from nanorl.engine import Generation, generate, pack, positions_of, token_budget
+from nanorl.engine import Generation, generate_batches, pack, positions_of, token_budget
 from nanorl.gpt import GPT, GPTConfig
 from nanorl.rl import last_index
 from nanorl.runtime import DataError, RunError, iter_jsonl
@@ -257,19 +255,19 @@ def sample_responses(policy, tokenizer, problems, args, seed, device, dtype, des
                        f"{policy.config.block_size}")
     K, generator = args.samples_per_prompt, torch.Generator(device=device).manual_seed(seed)
     responses, gold, correct, truncated = [], [], [], []
-    for i in tqdm(range(0, len(problems), args.sample_batch), desc=desc, leave=False, dynamic_ncols=True):
-        chunk = problems[i:i + args.sample_batch]
-        with runtime.autocast(device, dtype):
-            gen = generate(policy, prompts[i:i + len(chunk)], max_new, eos_id=tokenizer.eos_id,
-                           pad_id=tokenizer.pad_id, n_samples=K, temperature=args.temperature, generator=generator)
-        texts, rows = tokenizer.decode_batch(gen.responses()), gen.tokens.tolist()
-        lengths, ended = gen.mask.sum(1).tolist(), gen.ended.tolist()
-        hits = [verifier.is_correct(text, chunk[r // K].answer) for r, text in enumerate(texts)]
-        gold += [gold_reward(texts[r], chunk[r // K], lengths[r], ended[r], max_new, args.quality_coef, args.gold,
-                             correct=hits[r]) for r in range(len(rows))]
-        responses += [(prompts[i + r // K], rows[r][:lengths[r]]) for r in range(len(rows))]
-        correct += hits
-        truncated += [not e for e in ended]
+    with runtime.autocast(device, dtype):
+        for i, gen in generate_batches(policy, prompts, max_new, args.sample_batch, eos_id=tokenizer.eos_id,
+                                       pad_id=tokenizer.pad_id, n_samples=K, temperature=args.temperature,
+                                       generator=generator, desc=desc):
+            chunk = problems[i:i + args.sample_batch]
+            texts, rows = tokenizer.decode_batch(gen.responses()), gen.tokens.tolist()
+            lengths, ended = gen.mask.sum(1).tolist(), gen.ended.tolist()
+            hits = [verifier.is_correct(text, chunk[r // K].answer) for r, text in enumerate(texts)]
+            gold += [gold_reward(texts[r], chunk[r // K], lengths[r], ended[r], max_new, args.quality_coef, args.gold,
+                                 correct=hits[r]) for r in range(len(rows))]
+            responses += [(prompts[i + r // K], rows[r][:lengths[r]]) for r in range(len(rows))]
+            correct += hits
+            truncated += [not e for e in ended]
     stats = {"sample_accuracy": sum(correct) / len(correct), "truncated_share": sum(truncated) / len(truncated),
              "max_new_tokens": max_new}
     return responses, gold, stats
