@@ -4,23 +4,9 @@
     python probe_mdl.py --init runs/pretrain --out runs/mdl_pre # the policy starts from a pretrained run
     python probe_mdl.py --preset paper --out runs/mdl_paper     # the paper's grid (hours on a CPU)
 
-The toy world (nanorl/toyworld.py): prompts of 10 digits, a spurious feature s = "contains 2",
-target features t, and a reward that pays for reading t. Two measurements per target feature:
-
-1. Extractability (nanorl/mdl.py). Online-code MDL, in bits, of t on "both vs s_only" prompts (t
-   varies, s held fixed) and of s on "s_only vs neither", each probed on the frozen final hidden
-   state of the policy's starting model, over --probe-seeds (each seed: new prompts, new probes;
-   from scratch, also a new initial model). Relative MDL = MDL(s) / MDL(t): above 1, t is the more
-   extractable one. A control with RANDOM labels must come out at compression ~1.
-2. Evidence. For each target, each evidence value p and each --seeds seed: PPO with no KL penalty
-   on a training set with ceil(p N) s_only counterexamples, then the mean reward on fresh test
-   prompts of each section. A run whose both/neither reward stays below --fail-below did not learn
-   even the easy sections: it is flagged in the log and in eval.json, and kept.
-
-Writes OUT/: config.json, runs.jsonl (one record per probe and per RL run, so --resume skips what is
-done), eval.json, mdl_table.md, reward_vs_evidence.png (reward vs p per section, one line per target
-coloured by relative MDL) and reward_vs_relative_mdl.png (reward at p = 0 vs relative MDL, with
-Spearman's rho and a permutation p-value over feature x seed points).
+Per target feature t of the toy world (nanorl/toyworld.py): relative MDL = MDL(s) / MDL(t) of probes
+on the starting model (nanorl/mdl.py), and the test reward of PPO runs over a grid of evidence p.
+Writes a run directory of kind "mdl" (docs/rundir/README.md). Details: docs/mdl/README.md.
 """
 
 import argparse
@@ -53,8 +39,7 @@ PRESETS = {
 def parse_args(argv=None):
     p = runtime.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="tiny", choices=PRESETS, help="named size; other flags override it")
-    p.add_argument("--init", default=None, help="pretrained run directory to start the policy from "
-                                                "(default: a small GPT trained from scratch on the toy task)")
+    p.add_argument("--init", default=None, help="pretrained run directory to start the policy from (default: scratch)")
     p.add_argument("--out", default="runs/mdl", help="run directory to write")
     p.add_argument("--targets", help="comma-separated target features, from: " + ", ".join(toyworld.TARGETS))
     p.add_argument("--evidence", help="comma-separated evidence values p in [0, 1] (share of s_only prompts)")
@@ -79,31 +64,23 @@ def parse_args(argv=None):
     p.add_argument("--overwrite", action="store_true", help="replace --out if it already holds a run")
     args = p.parse_args(argv)
     runtime.apply_preset(args, PRESETS)
-    args.targets = parse_targets(args.targets)
-    args.evidence = parse_evidence(args.evidence)
+    names = [n.strip() for n in args.targets.split(",") if n.strip()]
+    unknown = [n for n in names if n not in toyworld.TARGETS]
+    if unknown or not names:
+        raise RunError(f"--targets {args.targets!r}: unknown feature {', '.join(unknown) or '(none given)'}; "
+                       f"choose from {', '.join(toyworld.TARGETS)}")
+    args.targets = list(dict.fromkeys(names))
+    text = args.evidence
+    try:
+        args.evidence = sorted({float(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise RunError(f"--evidence {text!r}: give comma-separated numbers, e.g. 0,0.01,0.1") from None
+    if not args.evidence or not all(0.0 <= v <= 1.0 for v in args.evidence):
+        raise RunError(f"--evidence {text!r}: every p must lie in [0, 1]")
     runtime.check_heads(args.n_embd, args.n_head)
     if args.probe_n < 20:
         raise RunError(f"--probe-n {args.probe_n} is too small for the online code's blocks; use at least 20")
     return args
-
-
-def parse_targets(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in toyworld.TARGETS]
-    if unknown or not names:
-        raise RunError(f"--targets {text!r}: unknown feature {', '.join(unknown) or '(none given)'}; "
-                       f"choose from {', '.join(toyworld.TARGETS)}")
-    return list(dict.fromkeys(names))
-
-
-def parse_evidence(text: str) -> list[float]:
-    try:
-        values = sorted({float(v) for v in text.split(",") if v.strip()})
-    except ValueError:
-        raise RunError(f"--evidence {text!r}: give comma-separated numbers, e.g. 0,0.01,0.1") from None
-    if not values or not all(0.0 <= v <= 1.0 for v in values):
-        raise RunError(f"--evidence {text!r}: every p must lie in [0, 1]")
-    return values
 
 
 class Start:
@@ -131,8 +108,7 @@ class Start:
 
 
 def probe_sets(target: str, n: int, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """(prompts, labels) of the three probe sets of a target: "t" on both vs s_only, "s" on s_only
-    vs neither, and the "random"-label control on uniform prompts."""
+    """(prompts, labels) of probe sets "t" (both vs s_only), "s" (s_only vs neither) and "random" (control)."""
     rng = np.random.default_rng([seed, list(toyworld.TARGETS).index(target)])
     def two(pos, neg):
         x = np.concatenate([toyworld.sample_section(rng, target, pos, n // 2),
@@ -199,13 +175,12 @@ def evaluation(args, records: list[dict]) -> dict:
 
 def mdl_table(result: dict) -> str:
     f, s = result["features"], result["spurious"]["by_target"]
-    ev = result["evidence"]
     lines = ["| feature | MDL(t) bits | compression | MDL(s) bits | relative MDL s/t | reward p=0: s_only / t_only |",
              "|---|---|---|---|---|---|"]
     for name, row in f.items():
         if name == "random":
             continue
-        zero = ev[name].get("0.0")
+        zero = result["evidence"][name].get("0.0")
         reward = f"{zero['s_only']['mean']:.2f} / {zero['t_only']['mean']:.2f}" if zero else "-"
         lines.append(f"| {name} | {row['mdl_bits']:.0f} ± {row['mdl_bits_stderr']:.0f} | {row['compression']:.2f} ± "
                      f"{row['compression_stderr']:.2f} | {s[name]['mdl_bits']:.0f} ± {s[name]['mdl_bits_stderr']:.0f} | "
@@ -258,12 +233,6 @@ def plot_reward_vs_relative_mdl(path: str, result: dict, records: list[dict]):
         ax.legend(fontsize=8)
 
 
-def resumed_records(args) -> list[dict]:
-    """The records of an interrupted run, after checking it measured the same thing."""
-    rundir.check_resume(args.out, "mdl", args, resume_file="runs.jsonl")
-    return [record for _, record in runtime.iter_jsonl(os.path.join(args.out, "runs.jsonl"))]
-
-
 def run_all(args, start: Start, records: list[dict], log: runtime.MetricsLog, ctrl_c) -> bool:
     """Every probe seed of every target, then every RL run; False if Ctrl-C stopped it between two."""
     done = {(r["kind"], r["target"], r.get("p"), r["seed"]) for r in records}
@@ -302,7 +271,10 @@ def main(argv=None):
     device = runtime.pick_device(args.device)
     start = Start(args, device)
     rundir.prepare_out(args.out, [args.init], args.resume, args.overwrite, resume_file="runs.jsonl")
-    records = resumed_records(args) if args.resume else []
+    records = []
+    if args.resume:  # the records of the interrupted run, after checking it measured the same thing
+        rundir.check_resume(args.out, "mdl", args, resume_file="runs.jsonl")
+        records = [record for _, record in runtime.iter_jsonl(os.path.join(args.out, "runs.jsonl"))]
     rundir.write_config(args.out, {"script": "probe_mdl.py", "init": args.init, "init_kind": start.kind,
                                    "args": vars(args)}, kind="mdl")
     log = runtime.MetricsLog(os.path.join(args.out, "runs.jsonl"), truncate=not args.resume)

@@ -4,24 +4,9 @@
     python rlp.py --init runs/pretrain --rm runs/rm --policy runs/ppo_rm --out runs/rm_uml --method uml
     python train_ppo.py --init runs/pretrain --reward rm --rm runs/rm_rlp --out runs/ppo_rlp          # PPO again, from SFT
 
-1. Sample --samples-per-prompt responses from the RL policy (--policy) for --n-prompts training
-   problems, used as UNLABELED prompts: no gold answer enters training (nanorl/rlp.py).
-2. SPG (--method spg or both): per prompt, cluster the responses by final answer; keep the prompt if
-   the largest cluster holds at least --gamma of them; chosen = its member the original RM scores
-   highest, rejected = a random response outside it. Their accuracy against the gold reward (known
-   here, never used) is logged.
-3. UML (--method uml or both): two responses to one prompt are two views; the multi-view loss L_M
-   on the RM's final hidden state, weighted by --lam.
-4. Starting from the original RM: Bradley-Terry on the RM's own training pairs D (its ckpt.pt)
-   plus the synthetic pairs, + lam * L_M; then the head is normalised to mean 0, std 1 on the RL
-   policy's samples (the distribution the next PPO run will be scored on).
-5. Pair accuracy on gold-labelled held-out pairs (test problems, no label noise) sampled from the
-   initial policy (--init) and from the RL policy, before and after: the distribution shift.
-   Also best-of-n against the original RM: the --init policy's n samples, the RM's favourite kept,
-   judged against the --init policy's own sample by the win-rate annotator.
-
-Writes OUT/ as a reward-model run (model.pt, config.json, tokenizer.json) that
-`train_ppo.py --reward rm --rm OUT` accepts, plus eval.json, metrics.jsonl and rm_shift.png.
+From the --rm model: Bradley-Terry on its own pairs plus SPG's synthetic pairs, + lam * L_M (UML; equations
+in nanorl/rlp.py); pair accuracy before and after on pairs sampled from --init and --policy. Writes an "rm"
+run (docs/rundir/README.md) for `train_ppo.py --reward rm --rm OUT`. Details: docs/rlp/README.md.
 """
 
 import argparse
@@ -115,16 +100,9 @@ def spg_pairs(rm, responses, gold, tokenizer, args, device, dtype) -> tuple[list
             c, r = start + picked[0], start + picked[1]
             pairs.append(Pair(responses[c][0], responses[c][1], responses[r][1], gold[c] - gold[r]))
             hits.append(1.0 if gold[c] > gold[r] else 0.5 if gold[c] == gold[r] else 0.0)
-    stats = {"n_synthetic_pairs": len(pairs), "prompts_kept": len(pairs) / len(confidences),
-             "synthetic_pair_accuracy": sum(hits) / len(hits) if hits else None,
-             "share_reaching_gamma": rlp.confidence_histogram(confidences)}
-    return pairs, stats
-
-
-def view_pairs(responses, K: int) -> list[Pair]:
-    """UML's views: responses 2j and 2j+1 of each prompt, as (prompt, view 1, view 2) Pairs."""
-    return [Pair(responses[s + j][0], responses[s + j][1], responses[s + j + 1][1])
-            for s in range(0, len(responses), K) for j in range(0, K - 1, 2)]
+    return pairs, {"n_synthetic_pairs": len(pairs), "prompts_kept": len(pairs) / len(confidences),
+                   "synthetic_pair_accuracy": sum(hits) / len(hits) if hits else None,
+                   "share_reaching_gamma": rlp.confidence_histogram(confidences)}
 
 
 def retrain(model, heads, data: list[Pair], views: list[Pair], tokenizer, args, device, dtype, log):
@@ -157,8 +135,7 @@ def retrain(model, heads, data: list[Pair], views: list[Pair], tokenizer, args, 
 
 
 def best_of_n(init, rm, tokenizer, problems, args, device, dtype) -> dict:
-    """Best-of-n against the original RM, n = K - 1: of K samples of the --init policy per problem, the RM
-    picks among samples 1..K-1, judged against sample 0 (an independent draw of the same policy)."""
+    """Best-of-(K-1) of the original RM among the --init policy's samples 1..K-1, judged against sample 0."""
     responses, gold, _ = sample_responses(init, tokenizer, problems, args, args.seed + 5, device, dtype, "best-of-n")
     K = args.samples_per_prompt
     scores = score_responses(rm, responses, tokenizer, args, device, dtype).view(-1, K)[:, 1:]
@@ -173,18 +150,10 @@ def pair_accuracies(model, eval_sets, tokenizer, args, device, dtype) -> dict:
     return {name: evaluate_pairs(model, pairs, tokenizer, args, device, dtype)[0] for name, pairs in eval_sets.items()}
 
 
-def plot_shift(path: str, before: dict, after: dict):
-    plots.bars(path, {"original RM": before, "after RLP": after},
-               "RM accuracy on gold-labelled pairs, by the policy that sampled them", "pair accuracy")
-
-
 def main(argv=None):
     t_start = time.time()
     args = parse_args(argv)
-    device = runtime.pick_device(args.device)
-    dtype, why = runtime.pick_dtype(device, args.dtype)
-    runtime.seed_everything(args.seed)
-    print0(f"device {device} | dtype {str(dtype).replace('torch.', '')} ({why}) | method {args.method}")
+    device, dtype, _ = runtime.setup(args, f" | method {args.method}")
     init, policy, rm, tokenizer, rm_config, data = load_inputs(args, device)
     rundir.prepare_out(args.out, [args.init, args.rm, args.policy], overwrite=args.overwrite)
     log = runtime.MetricsLog(os.path.join(args.out, "metrics.jsonl"))
@@ -203,8 +172,11 @@ def main(argv=None):
 
     model = copy.deepcopy(rm).requires_grad_(True).train()
     heads = rlp.MultiViewHeads(model.config.n_embd, args.z_dim).to(device)
-    retrain(model, heads, data + (synthetic if args.method in ("spg", "both") else []),
-            view_pairs(responses, args.samples_per_prompt), tokenizer, args, device, dtype, log)
+    K = args.samples_per_prompt  # UML's views: responses 2j and 2j+1 of each prompt, as (prompt, view 1, view 2)
+    views = [Pair(responses[s + j][0], responses[s + j][1], responses[s + j + 1][1])
+             for s in range(0, len(responses), K) for j in range(0, K - 1, 2)]
+    retrain(model, heads, data + (synthetic if args.method in ("spg", "both") else []), views, tokenizer, args, device,
+            dtype, log)
     model.eval()
     scale = normalise_scale(model, responses, tokenizer, args, device, dtype)
     after = pair_accuracies(model, eval_sets, tokenizer, args, device, dtype)
@@ -218,7 +190,8 @@ def main(argv=None):
               "model": rm_config["model"]}
     rundir.save_model(args.out, model, tokenizer, config, kind="rm")
     runtime.write_json(os.path.join(args.out, "eval.json"), result)
-    plot_shift(os.path.join(args.out, "rm_shift.png"), before, after)
+    plots.bars(os.path.join(args.out, "rm_shift.png"), {"original RM": before, "after RLP": after},
+               "RM accuracy on gold-labelled pairs, by the policy that sampled them", "pair accuracy")
     print0(runtime.format_line({f"{k} before": before[k] for k in before} | {f"{k} after": after[k] for k in after}))
     print0(f"best-of-{bon['n']} vs the original RM: win-rate {bon['win_rate']:.3f} | gold {bon['gold_reward']:.3f}")
     print0(f"wrote {args.out}/ (model.pt, config.json, tokenizer.json, eval.json, metrics.jsonl, rm_shift.png)")

@@ -46,8 +46,7 @@ PRESETS = {
 
 def parse_args(argv=None):
     p = runtime.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--init", required=True, help="run directory to start from: train_pretrain.py's, or a "
-                                                 "fine-tuned policy's (train_ppo.py's)")
+    p.add_argument("--init", required=True, help="run to start from: a pretraining or a fine-tuned policy run")
     p.add_argument("--out", default="runs/ppo", help="run directory to write (never one of the inputs)")
     p.add_argument("--algo", default="ppo", choices=ALGOS, help="update rule")
     p.add_argument("--preset", default="tiny", choices=PRESETS, help="named size; other flags override it")
@@ -62,8 +61,7 @@ def parse_args(argv=None):
                                                           f"preset {RM_MAX_STEPS['tiny']} (over-optimisation)")
     p.add_argument("--prompts-per-step", type=positive_int, help="prompts per rollout (over all ranks)")
     p.add_argument("--samples", type=positive_int, help="responses per prompt (GRPO group size, EI k, online DPO K)")
-    p.add_argument("--temperature", type=positive_float, default=0.7,
-                   help="sampling temperature of rollouts (EI samples at 1.0)")
+    p.add_argument("--temperature", type=positive_float, default=0.7, help="rollout temperature (EI samples at 1)")
     p.add_argument("--lr", type=positive_float, help="AdamW learning rate")
     p.add_argument("--kl-coef", type=non_negative_float, default=None,
                    help="beta: KL-to-reference coefficient (k1 in PPO's reward, k3 in GRPO's loss); default 0 with "
@@ -74,16 +72,14 @@ def parse_args(argv=None):
     p.add_argument("--lam", type=non_negative_float, default=0.95, help="GAE lambda (gamma is 1)")
     p.add_argument("--epochs", type=positive_int, default=2, help="passes over each rollout (PPO/GRPO) or over kept samples (EI)")
     p.add_argument("--minibatches", type=positive_int, default=2, help="optimizer steps per epoch")
-    p.add_argument("--micro-batch", type=positive_int, default=64,
-                   help="rows per forward/backward in every update (memory only: results do not change)")
+    p.add_argument("--micro-batch", type=positive_int, default=64, help="rows per forward/backward (memory only)")
     p.add_argument("--ei-batch", type=positive_int, default=64, help="EI: kept samples per optimizer step")
     p.add_argument("--aggregation", default="dapo", choices=rl.AGGREGATIONS,
                    help="GRPO loss: dapo = token sum / minibatch tokens; grpo = the paper's per-sequence mean; "
                         "dr_grpo = token sum / (sequences x max length) AND advantages not divided by the group std")
     p.add_argument("--missing-eos-penalty", type=non_negative_float, default=1.0, help="subtracted from the score of truncated responses (PPO)")
     p.add_argument("--ei-restart", action="store_true", help="EI: restart each round from the base model, SFT on all kept samples")
-    p.add_argument("--prefs", help="dpo / sft: local preference JSONL (prompt, chosen, rejected) instead of "
-                   "pairs sampled from the initial policy")
+    p.add_argument("--prefs", help="dpo / sft: preference JSONL (prompt, chosen, rejected), not sampled pairs")
     p.add_argument("--sft-format", choices=tuple(tasks.RENDERERS),
                    help="sft: learn the world's reference solutions in this format (instead of --prefs or samples)")
     p.add_argument("--dpo-beta", type=positive_float, default=0.1, help="DPO beta")
@@ -93,8 +89,7 @@ def parse_args(argv=None):
     p.add_argument("--eval-samples", type=positive_int, help="k of pass@k / maj@k")
     p.add_argument("--eval-every", type=positive_int, help="steps between held-out evaluations")
     p.add_argument("--judge-temperature", type=non_negative_float, default=0.1,
-                   help="win-rate's simulated annotator: P(a beats b) = sigmoid((gold_a - gold_b) / T); 0: the "
-                        "higher gold reward always wins (ties split)")
+                   help="win-rate judge: P(a beats b) = sigmoid((gold_a - gold_b) / T); 0: the higher gold wins")
     p.add_argument("--gold", default="answer", choices=GOLD_KINDS, help="gold reward of the win-rate judge")
     p.add_argument("--quality-coef", type=non_negative_float, default=0.1,
                    help="gold reward = 1[correct] + this * (1 - length / max_new_tokens), as in train_rm.py")
@@ -138,11 +133,9 @@ RESUME_MAY_CHANGE = rundir.RESUME_MAY_CHANGE | {"ckpt_every", "max_steps", "micr
 
 
 def rl_config(args) -> algos.RLConfig:
-    return algos.RLConfig(temperature=args.temperature, kl_coef=args.kl_coef, clip=args.clip,
-                          value_clip=args.value_clip, vf_coef=args.vf_coef, lam=args.lam, epochs=args.epochs,
-                          minibatches=args.minibatches, micro_batch=args.micro_batch, ei_batch=args.ei_batch,
-                          missing_eos_penalty=args.missing_eos_penalty, aggregation=args.aggregation,
-                          dpo_beta=args.dpo_beta, dpo_kind=args.dpo_kind)
+    """The update's settings: every RLConfig field that is a flag (gamma and grad_clip are not)."""
+    names = [f.name for f in dataclasses.fields(algos.RLConfig) if hasattr(args, f.name)]
+    return algos.RLConfig(**{name: getattr(args, name) for name in names})
 
 
 @dataclasses.dataclass
@@ -163,36 +156,28 @@ class Run:
     ei_kept: list = dataclasses.field(default_factory=list)  # EI --ei-restart: every sample kept so far
 
 
+def fitting(items: list, lengths: list[int], room: int, what: str, noun: str, leaves: str, fix: str, info) -> list:
+    """The items whose length fits in `room` tokens; the rest are skipped, and said so (none fitting: RunError)."""
+    kept = [item for item, n in zip(items, lengths) if n <= room]
+    if not kept:
+        raise RunError(f"{what}: none of its {len(items)} {noun} fits the context: the shortest is {min(lengths)} "
+                       f"tokens, and {leaves} room for {room}; {fix}")
+    if len(kept) < len(items):
+        print0(f"{what}: skipped {len(items) - len(kept)} of {len(items)} {noun} longer than the {room} tokens "
+               f"{leaves} (the longest has {max(lengths)})", info=info)
+    return kept
+
+
 def training_prompts(args, tokenizer, room: int, info) -> list:
-    """The training problems whose prompt fits in `room` tokens; longer ones are skipped, and said so."""
+    """The training problems whose prompt fits in `room` tokens, the room --max-new-tokens leaves."""
     if args.prompts:
         source, problems = f"--prompts {args.prompts}", tasks.read_gsm8k(args.prompts)
     else:
         difficulties = range(args.min_difficulty, args.max_difficulty + 1)
         source, problems = "synthetic pool", tasks.problem_set("train", args.n_train_prompts, args.seed, difficulties)
-    lengths = tasks.prompt_lengths(tokenizer, problems)
-    kept = [p for p, n in zip(problems, lengths) if n <= room]
-    if not kept:
-        raise RunError(f"{source}: none of its {len(problems)} prompts fits the context: the shortest is "
-                       f"{min(lengths)} tokens, and --max-new-tokens {args.max_new_tokens} leaves room for {room}; "
-                       f"lower --max-new-tokens or give shorter prompts")
-    if len(kept) < len(problems):
-        print0(f"{source}: skipped {len(problems) - len(kept)} of {len(problems)} prompts longer than the {room} "
-               f"tokens --max-new-tokens {args.max_new_tokens} leaves (the longest has {max(lengths)})", info=info)
-    return kept
-
-
-def reference_data(args, pool, tokenizer, block_size: int, info) -> list[Pair]:
-    """--sft-format: the reference solutions of the training problems that fit the context with their prompt."""
-    pairs = reference_pairs(pool, args.sft_format, tokenizer)
-    kept = [p for p in pairs if len(p.prompt) + len(p.chosen) <= block_size]
-    if not kept:
-        raise RunError(f"--sft-format {args.sft_format}: no reference solution fits the {block_size}-token context "
-                       f"with its prompt; use a model with a longer context")
-    if len(kept) < len(pairs):
-        print0(f"--sft-format {args.sft_format}: skipped {len(pairs) - len(kept)} of {len(pairs)} reference solutions "
-               f"longer than the {block_size}-token context leaves", info=info)
-    return kept
+    return fitting(problems, tasks.prompt_lengths(tokenizer, problems), room, source, "prompts",
+                   f"--max-new-tokens {args.max_new_tokens} leaves", "lower --max-new-tokens or give shorter prompts",
+                   info)
 
 
 def load_run(args, info, device) -> Run:
@@ -216,8 +201,12 @@ def load_run(args, info, device) -> Run:
                              f"--init {args.init}'s context")
     pool = training_prompts(args, tokenizer, room, info)
     block = policy.config.block_size
-    pairs = (read_preferences(args.prefs, tokenizer, block) if args.prefs else
-             reference_data(args, pool, tokenizer, block, info) if args.sft_format else None)
+    if args.sft_format:  # the reference solutions of the training problems, with their prompt
+        pairs = reference_pairs(pool, args.sft_format, tokenizer)
+        pairs = fitting(pairs, [len(p.prompt) + len(p.chosen) for p in pairs], block, f"--sft-format {args.sft_format}",
+                        "reference solutions", "the context leaves", "use a model with a longer context", info)
+    else:
+        pairs = read_preferences(args.prefs, tokenizer, block) if args.prefs else None
     sampler = torch.Generator(device=device).manual_seed(args.seed * 1000 + info.rank)
     return Run(policy, ref, value, reward_model, optimizer, tokenizer, init_config, eval_problems, pool, pairs,
                sampler, copy.deepcopy(policy.state_dict()))
@@ -333,25 +322,20 @@ def finish(args, run: Run, before: dict, device, dtype):
     evals.write_plots(args, [record for _, record in runtime.iter_jsonl(os.path.join(args.out, "metrics.jsonl"))],
                       before, after)
     for name, result in (("before", before), ("after", after)):
-        print0(f"{name:>6}: " + runtime.format_line({"pass@1": result["pass@1"], f"pass@{result['k']}": result["pass@k"],
-                                                      f"maj@{result['k']}": result["maj@k"], "win-rate": result["win_rate"],
-                                                      "gold": result["gold_reward"]}) +
-               " | shares " + runtime.format_line(result["sampled_format_share"]))
+        k = result["k"]
+        line = {"pass@1": result["pass@1"], f"pass@{k}": result["pass@k"], f"maj@{k}": result["maj@k"],
+                "win-rate": result["win_rate"], "gold": result["gold_reward"]}
+        print0(f"{name:>6}: {runtime.format_line(line)} | shares {runtime.format_line(result['sampled_format_share'])}")
     print0(f"wrote {args.out}/ (eval.json, metrics.jsonl, *.png)")
 
 
 def main(argv=None):
     args = parse_args(argv)
-    device = runtime.pick_device(args.device)
-    info, device = runtime.init_distributed(device)
+    device, dtype, info = runtime.setup(args, f" | algo {args.algo} | reward {args.reward}", distributed=True)
     if info.enabled and args.algo not in ("ppo", "grpo"):
         raise RunError(f"--algo {args.algo} runs in one process; use ppo or grpo under torchrun")
     if info.enabled and args.prompts_per_step % info.world_size:
         raise RunError(f"--prompts-per-step {args.prompts_per_step} must divide evenly over {info.world_size} ranks")
-    dtype, why = runtime.pick_dtype(device, args.dtype)
-    runtime.seed_everything(args.seed)
-    print0(f"device {device} x{info.world_size} | dtype {str(dtype).replace('torch.', '')} ({why}) | "
-           f"algo {args.algo} | reward {args.reward}", info=info)
     run, cfg = load_run(args, info, device), rl_config(args)
     first, before, log = start(args, run, info, device, dtype)
     # DDP averages gradients over ranks; the updates sum their statistics over ranks with all_reduce

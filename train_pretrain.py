@@ -4,15 +4,9 @@
     python train_pretrain.py --preset small --mixture "tinygsm=1,omi1=4,omi2=1,finemath=1"
     torchrun --nproc_per_node=2 train_pretrain.py     # DDP (gloo on CPU, nccl on CUDA)
 
-Writes to --out (a run directory of kind "pretrain", see nanorl/rundir.py): tokenizer.json,
-config.json, model.pt (weights), ckpt.pt (weights + optimizer + RNG, for --resume),
-metrics.jsonl, eval.json, samples.txt and PNG plots. An --out that already holds a run is
-refused unless --resume (continue it) or --overwrite (replace it) is given.
-
-Objective: next-token cross-entropy on documents `[BOS] question "\\n\\n" solution [EOS]`.
-Schedule: linear warm-up to --lr, then cosine decay to --lr * --min-lr-frac (AdamW).
-At the end: greedy pass@1 on held-out problems, by difficulty and by solution format, and the
-share of each format among greedy and sampled answers.
+Objective: next-token cross-entropy on documents `[BOS] question "\\n\\n" solution [EOS]`;
+AdamW, linear warm-up to --lr, then cosine decay to --lr * --min-lr-frac.
+Writes a run directory of kind "pretrain" (docs/rundir/README.md). Details: docs/pretrain/README.md.
 """
 
 import argparse
@@ -76,11 +70,9 @@ def parse_args(argv=None):
     p.add_argument("--val-batches", type=positive_int, default=8, help="batches per source for validation loss")
     p.add_argument("--n-eval", type=positive_int, help="held-out problems for the final evaluation")
     p.add_argument("--eval-samples", type=positive_int, help="samples per problem for pass@k / sampled shares")
-    p.add_argument("--eval-temperature", type=non_negative_float, default=0.7,
-                   help="temperature of the sampled evaluation")
+    p.add_argument("--eval-temperature", type=non_negative_float, default=0.7, help="temperature of sampled evaluation")
     p.add_argument("--max-new-tokens", type=positive_int, default=None, help="longest generated solution")
-    p.add_argument("--log-every", type=positive_int, default=1,
-                   help="steps between printed log lines (all go to metrics.jsonl)")
+    p.add_argument("--log-every", type=positive_int, default=1, help="steps between printed log lines")
     p.add_argument("--ckpt-every", type=positive_int, default=500, help="steps between checkpoints")
     p.add_argument("--seed", type=int, default=1337, help="seed for data, init and sampling")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
@@ -88,8 +80,7 @@ def parse_args(argv=None):
     p.add_argument("--compile", action="store_true", help="torch.compile the model (static shapes)")
     p.add_argument("--resume", action="store_true", help="continue from --out/ckpt.pt exactly")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it already holds a run")
-    p.add_argument("--stop-after", type=positive_int, default=None,
-                   help="save a checkpoint and exit after this step, as Ctrl-C would (for time-sliced jobs)")
+    p.add_argument("--stop-after", type=positive_int, default=None, help="save a checkpoint and exit after this step")
     args = p.parse_args(argv)
     runtime.apply_preset(args, PRESETS)
     runtime.check_heads(args.n_embd, args.n_head)
@@ -242,12 +233,9 @@ def write_plots(args, metrics: list[dict], result: dict):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = runtime.pick_device(args.device)
-    info, device = runtime.init_distributed(device)
-    dtype, why = runtime.pick_dtype(device, args.dtype)
+    device, dtype, info = runtime.setup(args, distributed=True)
     if args.compile and device == "cpu":
         print0("note: --compile on CPU adds minutes of compilation for little gain", info=info)
-    runtime.seed_everything(args.seed)
     if args.max_new_tokens >= args.block_size:
         raise RunError(f"--max-new-tokens {args.max_new_tokens} leaves no room for a prompt in --block-size "
                        f"{args.block_size}; lower it")
@@ -257,15 +245,13 @@ def main(argv=None):
     runtime.barrier(info)
     if args.resume:  # on every rank: all stop with the same one-line error
         rundir.check_resume(args.out, "pretrain", args, RESUME_MAY_CHANGE, world_size=info.world_size)
-    print0(f"device {device} x{info.world_size} | dtype {str(dtype).replace('torch.', '')} ({why})", info=info)
     tokenizer, tokens = prepare_data(args, docs, info)
     check_evaluable(args, tokenizer, tokens)
-    meta = tokens.meta
     print0(f"corpus: {len(tokens.train):,} train tokens | vocab {tokenizer.vocab_size}", info=info)
     model_cfg = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
                           n_head=args.n_head, n_embd=args.n_embd)
     config = {"script": "train_pretrain.py", "args": vars(args), "model": model_cfg.to_dict(),
-              "world_size": info.world_size, "data": {k: v for k, v in meta.items() if k != "key"}}
+              "world_size": info.world_size, "data": {k: v for k, v in tokens.meta.items() if k != "key"}}
     if info.is_main:
         rundir.write_config(args.out, config, "pretrain")
     model = train(args, info, device, dtype, tokenizer, tokens, config)

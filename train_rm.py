@@ -1,47 +1,13 @@
-"""Stage 2: preference data + a Bradley-Terry reward model on the pretrained backbone.
+"""Stage 2: preference pairs + a Bradley-Terry reward model on the pretrained backbone.
 
     python train_rm.py --init runs/pretrain --out runs/rm                 # tiny preset, CPU, ~3 minutes
     python train_rm.py --init runs/pretrain --out runs/rm_noisy --label-noise 0.2
-    python train_rm.py --init runs/pretrain --out runs/rm_prefs --prefs prefs.jsonl
     python train_rm.py --init runs/pretrain --out runs/rm --shift-init runs/ppo   # + shifted accuracy
 
-Preference data, by default from simulated annotators (nanorl/reward.py):
-  1. sample --samples-per-prompt responses per training problem from the --init policy;
-  2. gold(y) = 1[correct] + --quality-coef * (1 - len(y) / max_new_tokens)  (0 if truncated);
-  3. within each prompt, pair responses whose gold rewards differ (at most --pairs-per-prompt,
-     largest gold gap first); the annotator prefers the higher gold reward, then each label is
-     flipped with probability --label-noise.
-Held-out pairs come from held-out TEST problems the same way, never flipped: pair_accuracy is
-measured against the true gold order. --shift-init adds held-out pairs sampled from another
-policy (pair_accuracy_shifted: the distribution shift that motivates RLP).
-Calibration responses: the --init policy's samples for --n-calib-prompts more TRAINING problems
-(the ones right after the training problems in problem_set order, which train_ppo.py with the
-same seed also trains on). They are never test problems, so the normalisation below is fitted
-neither on the held-out pairs nor on train_ppo.py's evaluation problems (the first --n-eval
-test problems of the seed).
-With --prefs FILE.jsonl ({"prompt", "chosen", "rejected"} texts) the pairs come from the file;
-the file's distinct prompts are shuffled (seeded) and --val-fraction of them are held out with
-all their pairs, so no prompt is on both sides. The training pairs' chosen and rejected texts
-are the calibration responses.
-
-Training: ScalarModel.from_gpt(policy), loss -log sigmoid(r_c - r_r - margin) + c E[(r_c + r_r)^2],
-AdamW with linear warm-up and linear decay. After training the head is normalised so the
-calibration responses score mean 0 and std 1 (as in "The N implementation details of RLHF with
-PPO"): the BT loss cannot see a constant shift, and its scale depends on how long and how
-confidently it trained, while PPO's value clip and KL coefficient assume rewards of order 1.
-r' = gain * r + bias_shift with gain > 0, so pair accuracies are unchanged; all reported scores
-and margins (mean_eval_margin, eval_score_*) are in normalised units.
-
-Writes to --out (a run directory of kind "rm", see nanorl/rundir.py): model.pt (normalised),
-config.json (kind, init, init_kind), tokenizer.json, metrics.jsonl, rm_accuracy.png, prefs.jsonl and
-prefs_held_out.jsonl (the training and held-out pairs as texts: `train_ppo.py --algo dpo --prefs`
-then learns offline from exactly the preferences this reward model saw), eval.json
-(with reward_gain, reward_bias_shift and the calibration scores' mean and std before and after
-normalisation), and ckpt.pt: the model before normalisation, the optimizer, the step, and the
-pairs, held-out pairs, calibration responses and batch order drawn at the start. Ctrl-C (after
-the step in progress) or --stop-after N saves ckpt.pt; --resume continues exactly, without
-sampling again. An --out that already holds a run is refused unless --resume (continue it) or
---overwrite (replace it) is given.
+Pairs come from simulated annotators labelling the --init policy's samples by gold reward
+(nanorl/reward.py), or from --prefs FILE.jsonl. Loss -log sigmoid(r_c - r_r - margin) + c E[(r_c + r_r)^2];
+afterwards the head is normalised to mean 0, std 1 on calibration responses.
+Writes a run directory of kind "rm" (docs/rundir/README.md). Details: docs/rm/README.md.
 """
 
 import argparse
@@ -82,10 +48,8 @@ def parse_args(argv=None):
     p.add_argument("--out", default="runs/rm", help="run directory to write")
     p.add_argument("--prefs", default=None, help="JSONL file of {prompt, chosen, rejected} texts instead of sampling "
                                                  "(end each prompt with a blank line, as the policy's prompts do)")
-    p.add_argument("--val-fraction", type=non_negative_float, default=0.1,
-                   help="with --prefs: share of the distinct prompts held out, each with all its pairs")
-    p.add_argument("--shift-init", default=None, help="another policy's run directory: also report held-out "
-                                                      "accuracy on pairs from its samples")
+    p.add_argument("--val-fraction", type=non_negative_float, default=0.1, help="--prefs: share of prompts held out")
+    p.add_argument("--shift-init", default=None, help="another policy run: also report accuracy on its samples' pairs")
     p.add_argument("--n-prompts", type=positive_int, help="training problems to sample responses for")
     p.add_argument("--n-eval-prompts", type=positive_int, help="held-out test problems for held-out pairs")
     p.add_argument("--n-calib-prompts", type=positive_int, help="more training problems whose samples set the score scale "
@@ -96,8 +60,7 @@ def parse_args(argv=None):
     p.add_argument("--max-new-tokens", type=positive_int, help="longest sampled response (capped by the context)")
     p.add_argument("--sample-batch", type=positive_int, help="problems per sampling call")
     p.add_argument("--quality-coef", type=non_negative_float, default=0.1, help="weight of the shortness term in gold rewards")
-    p.add_argument("--gold", default="answer", choices=GOLD_KINDS, help="simulated annotators' gold reward: the answer, "
-                   "or the answer in a per-question target format (nanorl/reward.py)")
+    p.add_argument("--gold", default="answer", choices=GOLD_KINDS, help="gold reward of the simulated annotators")
     p.add_argument("--min-difficulty", type=int, choices=steps, default=1, help="easiest problems sampled (steps)")
     p.add_argument("--max-difficulty", type=int, choices=steps, default=MAX_DIFFICULTY, help="hardest problems sampled")
     p.add_argument("--label-noise", type=non_negative_float, default=0.0, help="probability of flipping each training label")
@@ -116,8 +79,7 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default="auto", help="auto | fp32 | bf16 (autocast)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its ckpt.pt exactly")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it already holds a run")
-    p.add_argument("--stop-after", type=positive_int, default=None,
-                   help="save a checkpoint and exit after this step, as Ctrl-C would (for time-sliced jobs)")
+    p.add_argument("--stop-after", type=positive_int, default=None, help="save a checkpoint and exit after this step")
     args = p.parse_args(argv)
     runtime.apply_preset(args, PRESETS)
     if args.min_difficulty > args.max_difficulty:
@@ -131,8 +93,6 @@ def parse_args(argv=None):
     return args
 
 
-# ----------------------------------------------------------------------------- preference data
-
 @dataclass
 class PreferenceData:
     pairs: list[Pair]                               # training pairs
@@ -140,16 +100,9 @@ class PreferenceData:
     calibration: list[tuple[list[int], list[int]]]  # (prompt, response) token lists that set the score scale
     stats: dict                                     # where the pairs came from, for eval.json
 
-    @classmethod
-    def from_state(cls, state: dict) -> "PreferenceData":
-        """The inverse of dataclasses.asdict, which turns it into the plain dicts and lists of ckpt.pt."""
-        return cls([Pair(**p) for p in state["pairs"]], [Pair(**p) for p in state["held_out"]],
-                   state["calibration"], state["stats"])
-
 
 def split_by_prompt(pairs: list[Pair], val_fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
-    """(train, held-out): a seeded val_fraction of the distinct prompts is held out with all its pairs,
-    so the held-out accuracy is measured on prompts the model never trained on."""
+    """(train, held-out): a seeded val_fraction of the distinct prompts is held out with all its pairs."""
     prompts = list(dict.fromkeys(tuple(p.prompt) for p in pairs))  # file order, so only the seed decides
     random.Random(seed).shuffle(prompts)
     n = len(prompts)
@@ -160,19 +113,12 @@ def split_by_prompt(pairs: list[Pair], val_fraction: float, seed: int) -> tuple[
 
 
 def problem_slices(args):
-    """(training, calibration, held-out) problems. Calibration takes the training-split problems
-    right after the training ones (problem_set of a larger n extends the smaller one), never
-    test problems: held-out pairs and train_ppo.py's evaluation are drawn from those."""
+    """(training, calibration, held-out) problems. Calibration takes the training problems after the training
+    ones, never test problems: held-out pairs and train_ppo.py's evaluation are drawn from those."""
     difficulties = range(args.min_difficulty, args.max_difficulty + 1)
     problems = problem_set("train", args.n_prompts + args.n_calib_prompts, args.seed, difficulties)
     return (problems[:args.n_prompts], problems[args.n_prompts:],
             problem_set("test", args.n_eval_prompts, args.seed, difficulties))
-
-
-def no_pairs_error(what: str) -> RunError:
-    return RunError(f"no {what} preference pairs were formed: all samples of each prompt got the same gold reward. "
-                    f"Raise --samples-per-prompt, --n-prompts / --n-eval-prompts, --temperature or --quality-coef, "
-                    f"or give pairs with --prefs")
 
 
 def prefs_data(args, tokenizer, block_size) -> PreferenceData:
@@ -188,16 +134,16 @@ def prefs_data(args, tokenizer, block_size) -> PreferenceData:
 
 
 def sampled_data(args, policy, tokenizer, device, dtype) -> PreferenceData:
-    """Pairs, held-out pairs and calibration responses from the --init policy's samples."""
     train_problems, calib_problems, test_problems = problem_slices(args)
     pairs, stats = sample_pairs(policy, tokenizer, train_problems, args, args.label_noise, args.seed,
                                 device, dtype, "sample train")
     held_out, eval_stats = sample_pairs(policy, tokenizer, test_problems, args, 0.0, args.seed + 1,
                                         device, dtype, "sample held-out")
-    if not pairs:
-        raise no_pairs_error("training")
-    if not held_out:
-        raise no_pairs_error("held-out")
+    for what, formed in (("training", pairs), ("held-out", held_out)):
+        if not formed:
+            raise RunError(f"no {what} preference pairs were formed: all samples of each prompt got the same gold "
+                           f"reward. Raise --samples-per-prompt, --n-prompts / --n-eval-prompts, --temperature or "
+                           f"--quality-coef, or give pairs with --prefs")
     calibration = sample_responses(policy, tokenizer, calib_problems, args, args.seed + 3, device, dtype,
                                    "sample calibration")[0]
     flipped = sum(p.gold_gap < 0 for p in pairs)
@@ -207,17 +153,6 @@ def sampled_data(args, policy, tokenizer, device, dtype) -> PreferenceData:
     return PreferenceData(pairs, held_out, calibration, {"source": "simulated", "n_flipped": flipped, **stats,
                                                          "eval_sample_accuracy": eval_stats["sample_accuracy"]})
 
-
-# ----------------------------------------------------------------------------- scoring
-
-def pair_rewards(model, pairs, tokenizer, device, dtype):
-    """(r_chosen, r_rejected) of a batch of pairs, from one forward over 2B rows."""
-    with runtime.autocast(device, dtype):
-        rewards = score(model, pairs_to_generation(pairs, tokenizer.eos_id, tokenizer.pad_id, device))
-    return rewards[:len(pairs)], rewards[len(pairs):]
-
-
-# ----------------------------------------------------------------------------- training
 
 @dataclass
 class Run:
@@ -265,16 +200,18 @@ def resume_run(args, policy, config, device) -> Run:
     optimizer = adamw(model, args.lr, args.weight_decay)
     optimizer.load_state_dict(ckpt["optimizer"])
     print0(f"resuming from step {ckpt['step']}")
-    return Run(model, optimizer, PreferenceData.from_state(ckpt["data"]), ckpt["orders"], ckpt["accuracy_at_init"],
-               ckpt["config"], ckpt["step"])
+    d = ckpt["data"]  # dataclasses.asdict of the PreferenceData
+    data = PreferenceData([Pair(**p) for p in d["pairs"]], [Pair(**p) for p in d["held_out"]], d["calibration"],
+                          d["stats"])
+    return Run(model, optimizer, data, ckpt["orders"], ckpt["accuracy_at_init"], ckpt["config"], ckpt["step"])
 
 
 def train_step(run, batch, lr, tokenizer, args, device, dtype) -> dict:
-    """One AdamW step on a batch of pairs; returns what metrics.jsonl logs of it."""
     for group in run.optimizer.param_groups:
         group["lr"] = lr
-    r_c, r_r = pair_rewards(run.model, batch, tokenizer, device, dtype)
-    loss, stats = bradley_terry_loss(r_c, r_r, args.margin, args.center_coef)
+    with runtime.autocast(device, dtype):  # chosen and rejected in one forward over 2B rows
+        rewards = score(run.model, pairs_to_generation(batch, tokenizer.eos_id, tokenizer.pad_id, device))
+    loss, stats = bradley_terry_loss(rewards[:len(batch)], rewards[len(batch):], args.margin, args.center_coef)
     if not math.isfinite(loss.item()):
         raise RunError(f"loss became {loss.item()} at step {run.step + 1}; lower --lr (now {args.lr})")
     loss.backward()
@@ -315,8 +252,6 @@ def train(run, tokenizer, args, device, dtype):
     run.save(args.out)
 
 
-# ----------------------------------------------------------------------------- normalisation and evaluation
-
 def final_evaluation(run, tokenizer, args, device, dtype) -> dict:
     """Normalise the trained model's scale, then its held-out and training pair accuracies (eval.json)."""
     model, data = run.model, run.data
@@ -337,31 +272,10 @@ def final_evaluation(run, tokenizer, args, device, dtype) -> dict:
     return result
 
 
-def shifted_accuracy(model, shifted_policy, tokenizer, args, device, dtype) -> dict:
-    """Held-out accuracy on pairs sampled from the --shift-init policy (the distribution shift)."""
-    problems = problem_slices(args)[2]  # the held-out problems of the in-distribution pairs
-    shifted, stats = gold_pairs(shifted_policy, tokenizer, problems, args, args.seed + 2, device, dtype,
-                                f"--shift-init policy {args.shift_init}")
-    return {"pair_accuracy_shifted": evaluate_pairs(model, shifted, tokenizer, args, device, dtype)[0],
-            "n_shifted_pairs": len(shifted), "shifted_sample_accuracy": stats["sample_accuracy"]}
-
-
-def write_plot(args, metrics):
-    train_steps = [m for m in metrics if "accuracy" in m]
-    evals_ = [m for m in metrics if "eval/pair_accuracy" in m]
-    plots.lines(os.path.join(args.out, "rm_accuracy.png"), {
-        "train pairs (per step)": ([m["step"] for m in train_steps], [m["accuracy"] for m in train_steps]),
-        "held-out pairs": ([m["step"] for m in evals_], [m["eval/pair_accuracy"] for m in evals_])},
-        "Reward model pair accuracy", "step", "accuracy 1[r_chosen > r_rejected]")
-
-
 def main(argv=None):
     t_start = time.time()
     args = parse_args(argv)
-    device = runtime.pick_device(args.device)
-    dtype, why = runtime.pick_dtype(device, args.dtype)
-    runtime.seed_everything(args.seed)
-    print0(f"device {device} | dtype {str(dtype).replace('torch.', '')} ({why})")
+    device, dtype, _ = runtime.setup(args)
     policy, tokenizer, init_config = rundir.load_policy(args.init, "--init", device)
     shifted_policy = (rundir.load_policy(args.shift_init, "--shift-init", device, like=tokenizer)[0]
                       if args.shift_init else None)
@@ -380,8 +294,12 @@ def main(argv=None):
                f"{len(run.data.pairs)} train pairs | {len(run.data.held_out)} held-out pairs | {args.epochs} epochs")
         train(run, tokenizer, args, device, dtype)
         result = final_evaluation(run, tokenizer, args, device, dtype)
-        if shifted_policy is not None:
-            result.update(shifted_accuracy(run.model, shifted_policy, tokenizer, args, device, dtype))
+        if shifted_policy is not None:  # pairs from the --shift-init policy for the held-out problems
+            shifted, stats = gold_pairs(shifted_policy, tokenizer, problem_slices(args)[2], args, args.seed + 2, device,
+                                        dtype, f"--shift-init policy {args.shift_init}")
+            acc = evaluate_pairs(run.model, shifted, tokenizer, args, device, dtype)[0]
+            result.update({"pair_accuracy_shifted": acc, "n_shifted_pairs": len(shifted),
+                           "shifted_sample_accuracy": stats["sample_accuracy"]})
     except KeyboardInterrupt:  # while sampling or evaluating: the training loop stops between steps itself
         saved = os.path.exists(os.path.join(args.out, "ckpt.pt"))
         print0("\ninterrupted: " + (f"continue with --resume from {args.out}/ckpt.pt" if saved
@@ -391,7 +309,13 @@ def main(argv=None):
 
     rundir.save_model(args.out, run.model, tokenizer, config, kind="rm")
     runtime.write_json(os.path.join(args.out, "eval.json"), result)
-    write_plot(args, [record for _, record in runtime.iter_jsonl(os.path.join(args.out, "metrics.jsonl"))])
+    metrics = [record for _, record in runtime.iter_jsonl(os.path.join(args.out, "metrics.jsonl"))]
+    train_steps = [m for m in metrics if "accuracy" in m]
+    evals_ = [m for m in metrics if "eval/pair_accuracy" in m]
+    plots.lines(os.path.join(args.out, "rm_accuracy.png"), {
+        "train pairs (per step)": ([m["step"] for m in train_steps], [m["accuracy"] for m in train_steps]),
+        "held-out pairs": ([m["step"] for m in evals_], [m["eval/pair_accuracy"] for m in evals_])},
+        "Reward model pair accuracy", "step", "accuracy 1[r_chosen > r_rejected]")
     print0(runtime.format_line({k: v for k, v in result.items() if k in (
         "pair_accuracy", "pair_accuracy_at_init", "train_pair_accuracy", "pair_accuracy_shifted",
         "n_pairs", "n_eval_pairs", "label_noise", "reward_gain", "seconds")}))

@@ -1,26 +1,16 @@
-"""One update step per algorithm, each reading top to bottom: PPO, GRPO, Expert Iteration,
-DPO / online DPO and SFT. The maths lives in rl.py; rollouts come from the engine.
+"""One update function per algorithm, each reading top to bottom; the maths lives in rl.py.
 
-    rollout      sample n responses per prompt with engine.generate, decode, verify, score
-    ppo_step     k1 KL folded into per-token rewards, score at EOS, GAE, whitening, then
-                 epochs x minibatches of clipped policy + clipped value losses
-    grpo_step    group-normalised advantages, clipped token objective + k3 KL in the loss,
-                 "dapo" aggregation (token sum / tokens in the minibatch: micro-batch invariant);
-                 "dr_grpo" also drops the division by the group std (Dr. GRPO)
-    (EI)         sample k, keep verified-correct (rl.dedupe_correct), SFT with sft_step
-    dpo_step     sigmoid / IPO loss on (chosen, rejected) rows against the frozen reference
-    sft_step     cross-entropy on chosen responses only
+    ppo_step         k1 KL folded into per-token rewards, score at EOS, GAE, whitening, then
+                     epochs x minibatches of clipped policy + clipped value losses
+    grpo_step        group-normalised advantages, clipped token objective + k3 KL in the loss
+    ei_step          keep the verified-correct, de-duplicated samples, then SFT on them
+    online_dpo_step  DPO on the best vs the worst sample of each prompt
+    dpo_step         sigmoid / IPO loss on (chosen, rejected) rows against the frozen reference
+    sft_step         cross-entropy on the response tokens only
 
-Memory plan (the "four models" of RLHF): policy (trained), reference (frozen copy of the
-initial policy), value model (PPO only; a GPT + scalar head, trained) and reward model (only
-with --reward rm; frozen). With the verifier reward there is no reward model.
-
-Logprobs for the ratio are the sampler's own (equal to a full recompute at the sampling temperature
-in fp32, tested), so before the first update the ratio is exactly 1; under reduced-precision
-autocast they are recomputed (old_logprobs). With beta = 0 no reference forward runs at all: the
-update is one forward + backward per micro-batch (the trainer measures KL to the reference on
-evaluation steps only, with kl_to_reference). Under DDP every statistic the update normalises by
-(whitening, token and sequence counts) is all-reduced, and the logged stats are rank means.
+The ratio's old logprobs are the sampler's own (equal to a recompute in fp32, tested), so the ratio
+starts at exactly 1; under bf16 autocast they are recomputed. With beta = 0 no reference forward
+runs. Under DDP every statistic an update normalises by is all-reduced; logged stats are rank means.
 """
 
 from dataclasses import dataclass
@@ -80,9 +70,8 @@ def rollout(policy, tokenizer, problems, *, n_samples, temperature, max_new_toke
 
 
 def old_logprobs(policy, gen: Generation, temperature: float) -> torch.Tensor:
-    """Logprobs of the sampling policy. In fp32 the sampler's own are exact (tested to 1e-5); under
-    reduced-precision autocast the cached and full-forward numerics differ, so recompute them
-    the way the training forward will, to start every update at ratio exactly 1."""
+    """Logprobs of the sampling policy: the sampler's own in fp32 (exact, tested); under autocast a recompute
+    the way the training forward will, so that every update starts at ratio exactly 1."""
     if not torch.is_autocast_enabled(gen.tokens.device.type):
         return gen.logprobs
     with torch.no_grad():
@@ -134,9 +123,8 @@ def kl_to_reference(ref, batch: Rollout) -> float:
 
 
 def sequence_kl(policy, ref, batch: Rollout) -> torch.Tensor:
-    """(N,) KL(pi || pi_0) of each sampled response: the sum over its tokens of log pi - log pi_0, both
-    recomputed by one no-grad forward each (so it is exactly 0 while the policy still equals the
-    reference; the sampler's own logprobs differ from a recompute by float rounding)."""
+    """(N,) KL(pi || pi_0) of each sampled response: the sum of log pi - log pi_0 over its tokens, both
+    recomputed, so it is exactly 0 while the policy equals the reference."""
     gen = batch.gen
     with torch.no_grad():
         return (token_logprobs(policy, gen, batch.temperature) - token_logprobs(ref, gen, batch.temperature)).sum(1)
@@ -183,11 +171,8 @@ def ppo_step(policy, ref, value_model, optimizer, batch: Rollout, cfg: RLConfig,
 
 def grpo_step(policy, ref, optimizer, batch: Rollout, cfg: RLConfig, world_size: int = 1,
               all_reduce=lambda t: t) -> dict:
-    """One rollout's GRPO update. With one epoch and one minibatch the ratio is exactly 1 and the
-    loss value is ~0 while its gradient is not: watch grad_norm, not the loss.
-
-    aggregation "dr_grpo" is the whole of Dr. GRPO: a constant normaliser AND advantages not
-    divided by the group's std (R - mean_G)."""
+    """One rollout's GRPO update. aggregation "dr_grpo" is the whole of Dr. GRPO: a constant normaliser
+    AND advantages not divided by the group's std."""
     gen, T = batch.gen, cfg.temperature
     advantages = rl.group_advantages(batch.scores, batch.group_size, scale=cfg.aggregation != "dr_grpo")
     ref_lp = None
@@ -222,9 +207,8 @@ def grpo_step(policy, ref, optimizer, batch: Rollout, cfg: RLConfig, world_size:
 
 
 def sft_step(policy, optimizer, gen: Generation, cfg: RLConfig) -> dict:
-    """One optimizer step of cross-entropy on the response tokens of every row of `gen` (the prompt
-    is never in the mask), accumulated over micro-batches of cfg.micro_batch rows. Each token
-    weighs the same however the rows are split: the loss divides by the whole batch's token count."""
+    """One optimizer step of cross-entropy on the response tokens of `gen`, over micro-batches of
+    cfg.micro_batch rows; every token weighs the same however the rows are split."""
     params = [p for p in policy.parameters() if p.requires_grad]
     total_tokens, loss_sum = gen.mask.sum(), 0.0
     for micro in torch.arange(len(gen.ended)).split(cfg.micro_batch):
@@ -236,9 +220,8 @@ def sft_step(policy, optimizer, gen: Generation, cfg: RLConfig) -> dict:
 
 
 def dpo_step(policy, ref, optimizer, chosen: Generation, rejected: Generation, cfg: RLConfig) -> dict:
-    """DPO on (chosen, rejected) rows: sequence log-probabilities are sums over response tokens.
-    Pairs go through in micro-batches of cfg.micro_batch; the loss is a mean over pairs, so each
-    micro-batch weighs by its share of them and the gradient is the whole batch's."""
+    """DPO on (chosen, rejected) rows, in micro-batches of cfg.micro_batch pairs, each weighed by its share
+    of the pairs, so the gradient is the whole batch's."""
     def logps(model, gen):
         return rl.sequence_logprob(token_logprobs(model, gen, 1.0), gen.mask)
     n_pairs, records = len(chosen.ended), []

@@ -1,31 +1,11 @@
 """Speed benchmark: sampling with the KV-cache engine vs naive recomputation, and training MFU.
 
-    python -m nanorl.bench [--out bench.json] [--baseline DIR]
-
-Three measurements on a randomly initialised GPT (speed does not depend on the weights):
-  peak     the machine's own matmul peak: best FLOP/s of large square matmuls (2 n^3 FLOPs each)
-           in the benchmark's dtype. Measured rather than taken from a datasheet so that MFU
-           means something on any laptop CPU too.
-  train    tokens/s of forward + backward + AdamW step on random tokens of full block length;
-           MFU = tokens/s * flops_per_token / peak (PaLM appendix B estimate, see gpt.py).
-  sample   new tokens/s of `engine.generate` (one forward per step over a KV cache) against
-           `engine.naive_generate` (the whole sequence recomputed every step), same prompts,
-           same settings; speedup = engine / naive. EOS is -1, a token the model cannot emit,
-           so every row runs to full length and both samplers do the same number of steps.
-           sample_mfu = engine tokens/s * decode FLOPs per token / peak, where a decode token
-           costs a forward pass (2N) plus attention over its mean context (prompt + half the
-           new tokens): the FLOPs the model needs, not those a full-length cache spends.
-           The engine is timed three times and the best run kept; naive once (it is slow).
-  baseline with --baseline DIR (another checkout, e.g. `git worktree add /tmp/old <commit>`): this
-           engine and that one, each in a fresh fp32 CPU process, alternating for --rounds rounds
-           (default 3; in turned order every other round) so that both see the same machine;
-           engine_vs_baseline is the median of the rounds' ratios. Absolute speeds move from
-           machine to machine; this ratio is what a speed-up claim rests on.
-  grpo     one whole GRPO step (algos.grpo_step defaults: 2 epochs x 2 minibatches, beta 0) at
-           --grpo-prompts x --grpo-samples x --new-tokens: sample_s (the engine), update_s
-           (forward + backward + AdamW) and grpo_step_s, their sum plus the reward. The reward is a
-           seeded coin per sample: the verifier needs a trained tokenizer, and its cost is small.
-Each is timed after a warm-up (first calls pay for allocation and kernel selection).
+On a randomly initialised GPT, after a warm-up: the machine's matmul peak (measured, so that MFU
+means something on any CPU); training tokens/s and MFU = tokens/s * flops_per_token / peak; new
+tokens/s of the engine against the naive sampler (EOS never sampled) and sample_mfu, a decode token
+costing 2N plus attention over its mean context; one whole GRPO step, with a seeded coin as reward;
+with --baseline DIR, this engine and that checkout's in fresh fp32 CPU processes, alternating for
+--rounds rounds, engine_vs_baseline being the median ratio. See docs/engine/README.md.
 """
 
 import argparse
@@ -76,23 +56,19 @@ def parse_args(argv=None):
 
 
 def measure_train(model: GPT, args, device: str, autocast) -> float:
-    """Tokens/s of full training steps on random tokens."""
     model.train()
     optimizer = adamw(model, lr=1e-4, weight_decay=0.1)
     T = model.config.block_size
     x = torch.randint(model.config.vocab_size, (args.train_batch, T), device=device)
     y = torch.randint(model.config.vocab_size, (args.train_batch, T), device=device)
 
-    def step():
-        with autocast:
-            _, loss = model(x, y)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
     def steps(n):
         for _ in range(n):
-            step()
+            with autocast:
+                _, loss = model(x, y)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
 
     steps(2)
     seconds = timed(lambda: steps(args.train_steps), device)
@@ -101,7 +77,6 @@ def measure_train(model: GPT, args, device: str, autocast) -> float:
 
 
 def measure_sampling(model: GPT, args, device: str, autocast) -> tuple[float, float]:
-    """New tokens/s of the KV-cache engine (best of three runs) and of the naive sampler (one run)."""
     g = torch.Generator(device=device).manual_seed(args.seed)
     prompts = torch.randint(model.config.vocab_size, (args.batch, args.prompt_len), generator=g, device=device).tolist()
     settings = dict(eos_id=-1, pad_id=0, temperature=1.0)
@@ -143,7 +118,6 @@ print(a["batch"] * a["new_tokens"] / min(seconds(a["new_tokens"]) for _ in range
 
 
 def engine_rate(root: Path, spec: str) -> float:
-    """New tokens/s of the engine of the checkout at `root`, timed by ENGINE_TIMER in a fresh process."""
     out = subprocess.run([sys.executable, "-c", ENGINE_TIMER, spec], cwd=root, capture_output=True, text=True)
     lines = out.stdout.splitlines()
     if out.returncode != 0 or len(lines) != 2:
@@ -154,7 +128,6 @@ def engine_rate(root: Path, spec: str) -> float:
 
 
 def compare_with_baseline(args, config: GPTConfig) -> dict:
-    """Engine tokens/s of this checkout and of args.baseline, in fresh processes, alternating."""
     spec = json.dumps(dict(model=config.to_dict(), threads=torch.get_num_threads(), seed=args.seed,
                            batch=args.batch, prompt_len=args.prompt_len, new_tokens=args.new_tokens))
     checkouts = {"this": Path(__file__).resolve().parents[1], "baseline": Path(args.baseline).resolve()}
@@ -170,7 +143,6 @@ def compare_with_baseline(args, config: GPTConfig) -> dict:
 
 
 def measure_grpo_step(model: GPT, args, device: str, autocast) -> dict:
-    """Seconds of one GRPO step, split into sampling and update (the reward is a seeded coin flip)."""
     g = torch.Generator(device=device).manual_seed(args.seed)
     prompts = torch.randint(model.config.vocab_size, (args.grpo_prompts, args.prompt_len), generator=g,
                             device=device).tolist()
@@ -178,14 +150,11 @@ def measure_grpo_step(model: GPT, args, device: str, autocast) -> dict:
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-6)
     cfg = algos.RLConfig(temperature=1.0)
 
-    def sample():
-        with autocast:
-            return generate(policy, prompts, args.new_tokens, eos_id=-1, pad_id=0, n_samples=args.grpo_samples,
-                            temperature=cfg.temperature, generator=g)
-
     def step():
         t0 = time.perf_counter()
-        gen = sample()
+        with autocast:
+            gen = generate(policy, prompts, args.new_tokens, eos_id=-1, pad_id=0, n_samples=args.grpo_samples,
+                           temperature=cfg.temperature, generator=g)
         t1 = time.perf_counter()
         correct = torch.randint(2, gen.ended.shape, generator=g, device=device).float()
         batch = algos.Rollout(gen, [], [], correct, args.grpo_samples, cfg.temperature, scores=correct)
@@ -198,12 +167,6 @@ def measure_grpo_step(model: GPT, args, device: str, autocast) -> dict:
 
     step()  # warm-up
     return step()
-
-
-def print_table(rows: list[tuple[str, str]]):
-    width = max(len(name) for name, _ in rows)
-    for name, value in [("metric", "value")] + rows:
-        print(f"| {name:<{width}} | {value:>14} |")
 
 
 def main(argv=None) -> dict:
@@ -262,7 +225,7 @@ def main(argv=None) -> dict:
         "model": config.to_dict(),
         "settings": vars(args),
     }
-    print_table([
+    rows = [
         ("params", f"{results['num_params'] / 1e6:.2f}M"),
         ("peak matmul", f"{peak / 1e9:.1f} GFLOP/s"),
         ("train tok/s", f"{train_rate:,.0f}"),
@@ -274,9 +237,11 @@ def main(argv=None) -> dict:
         (f"GRPO step ({args.grpo_prompts}x{args.grpo_samples}x{args.new_tokens})", f"{grpo['grpo_step_s']:.2f} s"),
         ("  sampling", f"{grpo['sample_s']:.2f} s"),
         ("  update", f"{grpo['update_s']:.2f} s"),
-    ] + ([("engine vs baseline", f"{baseline['engine_vs_baseline']:.2f}x")] if baseline else []))
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=2)
+    ] + ([("engine vs baseline", f"{baseline['engine_vs_baseline']:.2f}x")] if baseline else [])
+    width = max(len(name) for name, _ in rows)
+    for name, value in [("metric", "value")] + rows:
+        print(f"| {name:<{width}} | {value:>14} |")
+    runtime.write_json(args.out, results)
     print(f"wrote {args.out}")
     return results
 

@@ -1,41 +1,11 @@
 """Many train_ppo.py run directories -> one table with mean ± std over seeds (cleanrl-style).
 
-    python -m nanorl.compare runs/grpo_s1 runs/grpo_s2 runs/grpo_s3 runs/ppo_s1 runs/ppo_s2 --out runs/compare
-
-    python -m nanorl.compare dpo=runs/dpo_s1,runs/dpo_s2 ppo=runs/ppo_s1,runs/ppo_s2 --out runs/compare
-
-Grouping: groups given as NAME=RUN[,RUN...] are taken as they are. Otherwise, runs whose
-config.json "args" are equal once the flags in NOT_EXPERIMENT are dropped
-(seed, and flags that say where or how a run was executed, not what was run) are seeds of one
-experiment and form a group ("args" holds --init, so the starting model is part of the key). A
-group is named by the flags that differ between groups, in argparse order ("algo=grpo
-kl_coef=0.1"), or "algo=..." when there is one group. Two runs of one group with the same seed
-are an error: averaging a duplicate would shrink the std.
-
-Per run, from eval.json "after" (greedy unless named): pass@1, pass@k and maj@k (sampled),
-the win-rate against the initial policy and the gold reward (runs written before they existed: null),
-pass@1 by difficulty, greedy and sampled format shares, and the winner (largest greedy share,
-ties to the earlier format of verifier.FORMATS; "none" competes too: a collapse onto unparseable
-text must not pass as a win); "before" pass@1.
-From metrics.jsonl (training steps, those with "share/*"): the first step at which the omi2 share
-of the samples is below 5%, the share of each format over the last 10 steps, and the training
-time (sum of the per-step "time": rollout and update, without the held-out evaluations).
-Missing values (offline algorithms sample nothing; omi2 may never fall below 5%) are null.
-From a --reward rm run's metrics.jsonl (Gao et al. 2022's over-optimisation curve), after a
-7-step moving mean (evals.SMOOTH): the gold reward of the samples at the start, at its peak and at the
-end, the step and sqrt(KL(pi || pi_0)) of the peak, sqrt(KL) at the end, and the proxy (RM)
-reward at the start and end.
-
-Per group: each metric's per-seed values, their mean and sample std (ddof=1; null for fewer than
-two values), computed over the values that exist (the table then says "(2/3)"); wins per format.
-Formats that no run ever produced (all shares zero or absent) are left out everywhere.
-
-Writes DIR/summary.json, DIR/summary.md (also printed), DIR/win_rate.png (win-rate vs initial and
-pass@1, mean ± std per group) and, per group, DIR/<group>_format_share.png
-(characters other than letters, digits and ._=- become _): the training-sample share of each
-format over steps, mean over seeds with a min-max band (min-max rather than ± std: with 2-3
-seeds it shows every seed's curve inside it). With --reward rm runs, also DIR/gold_vs_kl.png and
-DIR/proxy_vs_kl.png: each group's curves against sqrt(KL), mean and min-max band over seeds.
+Runs whose config.json "args" are equal but for NOT_EXPERIMENT are seeds of one group, named by
+the flags that differ between groups ("algo=grpo kl_coef=0.1"); NAME=RUN[,RUN...] names a group.
+Per run, the metrics of eval.json and metrics.jsonl (run_values); per group, each metric's mean and
+sample std (ddof=1) over the seeds that have it. Writes DIR/summary.json, DIR/summary.md (also
+printed), DIR/win_rate.png, DIR/<group>_format_share.png (mean over seeds, min-max band) and, for
+--reward rm runs, DIR/gold_vs_kl.png and DIR/proxy_vs_kl.png.
 """
 
 import argparse
@@ -85,7 +55,6 @@ def experiment(args: dict) -> dict:
 
 
 def group_runs(runs: list[dict]) -> list[list[dict]]:
-    """Runs with equal experiment() args, in order of first appearance, each group sorted by seed."""
     groups = {}
     for run in runs:
         groups.setdefault(json.dumps(experiment(run["args"]), sort_keys=True), []).append(run)
@@ -112,6 +81,7 @@ def group_names(groups: list[list[dict]]) -> list[str]:
 
 
 def formats_seen(runs: list[dict]) -> list[str]:
+    """The formats some run produced; the others (all shares zero or absent) are left out everywhere."""
     def shares(run, fmt):
         evals = [run["eval"][when][key] for when in ("before", "after")
                  for key in ("format_share", "sampled_format_share")]
@@ -146,7 +116,6 @@ def rm_curves(run: dict) -> dict[str, list]:
 
 
 def overoptimisation_values(run: dict) -> dict:
-    """Where the gold reward of the samples peaks (smoothed), in steps and in sqrt(KL), and where it ends."""
     curves = rm_curves(run)
     if not curves:
         return {}
@@ -159,15 +128,13 @@ def overoptimisation_values(run: dict) -> dict:
 
 
 def plot_overoptimisation(out: str, groups: list[dict], grouped: list[list[dict]]):
-    """gold_vs_kl.png and proxy_vs_kl.png: per group, the seeds' mean curve against their mean sqrt(KL),
-    with a min-max band, at the steps every seed logged."""
+    """Per group, the seeds' mean curve against their mean sqrt(KL), min-max band, at the steps all logged."""
     curves_by_group = {group["name"]: [rm_curves(run) for run in runs] for group, runs in zip(groups, grouped)}
+    curves_by_group = {group: curves for group, curves in curves_by_group.items() if all(curves)}  # rm runs only
     for key, name, label in (("gold_reward", "gold_vs_kl.png", "Gold reward"),
                              ("reward_mean", "proxy_vs_kl.png", "Proxy (RM) reward")):
         series = {}
         for group_name, curves in curves_by_group.items():
-            if not all(curves):
-                continue
             n = min(len(c["step"]) for c in curves)
             columns = [[c[key][i] for c in curves] for i in range(n)]
             series[group_name] = ([statistics.fmean(c["sqrt_kl"][i] for c in curves) for i in range(n)],
@@ -187,6 +154,7 @@ def stats(values: list) -> dict:
 def summarize(name: str, runs: list[dict], formats: list[str]) -> dict:
     per_run = [run_values(run, formats) for run in runs]
     labels = dict.fromkeys(label for values in per_run for label in values)
+    # "none" competes too (a collapse onto unparseable text is no win); ties go to the earlier format
     winners = [max(formats, key=lambda f: run["eval"]["after"]["format_share"].get(f, 0.0)) for run in runs]
     return {"name": name, "n": len(runs), "runs": [r["dir"] for r in runs], "seeds": [r["args"]["seed"] for r in runs],
             "plot": plot_name(name) if all(r["rollouts"] for r in runs) else None,  # dpo, sft sample nothing
@@ -199,7 +167,7 @@ def plot_name(group_name: str) -> str:
 
 
 def plot_format_share(path: str, group: dict, runs: list[dict], formats: list[str]):
-    """Mean over seeds and min-max band, at the steps every run of the group logged."""
+    """Mean over seeds and min-max band (with 2-3 seeds it holds every seed's curve), at the steps all logged."""
     by_step = [{m["step"]: m for m in run["rollouts"]} for run in runs]
     steps = sorted(set.intersection(*(set(s) for s in by_step)))
     series = {}
@@ -212,7 +180,6 @@ def plot_format_share(path: str, group: dict, runs: list[dict], formats: list[st
 
 
 def plot_outcomes(path: str, groups: list[dict]):
-    """Bars of win-rate vs initial and pass@1 per group, mean and std over its seeds."""
     metrics = [m for m in ("win-rate vs initial", "pass@1") if any(g["metrics"][m]["mean"] is not None for g in groups)]
     means = {m: {g["name"]: g["metrics"][m]["mean"] or 0.0 for g in groups} for m in metrics}
     stds = {m: {g["name"]: g["metrics"][m]["std"] or 0.0 for g in groups} for m in metrics}

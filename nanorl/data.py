@@ -1,46 +1,13 @@
 """Open pretraining mixtures: sources -> documents -> cached token files -> random batches.
 
-A mixture is a comma-separated list of named sources with weights, e.g.
-`--mixture "tinygsm=1,omi1=4,omi2=1,finemath=1"`. A weight is a repeat count, as in the
-Echo Chamber paper's names ("TinyGSM + 4xOMI1" is `tinygsm=1,omi1=4`):
-
-- synthetic source `name=w`: round(w * docs_per_source) distinct documents from the
-  generators in `nanorl/tasks.py` (`tasks.synthetic_documents`), so weight 4 means 4x as
-  many different documents of that style.
-- file source `name=path.jsonl:w`: every document of a local JSONL file, repeated w times
-  (floor(w) whole copies plus a seeded random subset for the fraction, e.g. 2.5 x 100 lines
-  = 250 documents). The name picks the field mapping:
-
-  | name       | dataset               | document text                                   |
-  |------------|-----------------------|-------------------------------------------------|
-  | `tinygsm`  | TinyGSM               | `question` + "\\n\\n" + `code`                    |
-  | `omi1`     | OpenMathInstruct-1    | `question` + "\\n\\n" + `generated_solution`;      |
-  |            |                       | rows with `is_correct` present and false skipped |
-  | `omi2`     | OpenMathInstruct-2    | `problem` + "\\n\\n" + `generated_solution`       |
-  | `finemath` | FineMath              | `text`                                           |
-  | `gsm8k`    | GSM8K                 | `question` + "\\n\\n" + `answer`                  |
-
-  Blank lines are skipped; any other bad line stops with a `DataError` naming file and line.
-
-Token cache (`build_token_cache`): each document becomes `[bos] + encode(doc) + [eos]`
-(the paper's `question + "\\n\\n" + solution + EOS`, plus a BOS so every document starts
-the same way). Per source a seeded train/val split; train documents of all sources are
-shuffled together and concatenated into `train.bin`; each source's val documents into
-`val_<source>.bin` (uint16); `meta.json` holds token and document counts and a cache key.
-
-Implementation details that matter:
-1. The train/val split is over DISTINCT document texts, and all copies of a text land on
-   the same side: repeating a file source (weight > 1) cannot leak val documents into
-   train. Val holds one copy of each val text. A source with >= 2 distinct texts gets at
-   least one val document.
-2. Distinct texts are tokenized once (repeats are copied, not re-tokenized).
-3. The cache key hashes the document texts, the tokenizer JSON, val_fraction and seed, so
-   it changes whenever the data or the tokenizer changes. `meta.json` is deleted before a
-   rebuild and written last, so a crash never leaves a cache that looks valid.
-4. `get_batch` draws window offsets with `torch.randint(generator=...)`: saving and
-   restoring the generator state reproduces the batch sequence exactly (for `--resume`).
-Deviation from the paper: documents are concatenated and cut into random windows
-(nanoGPT style), not packed per sequence with attention masking across documents.
+A mixture is `name=w` (round(w * docs_per_source) documents from tasks.synthetic_documents) or
+`name=path.jsonl:w` (a JSONL file's documents, fields by FIELDS, repeated w times, the fraction a
+seeded subset), joined by commas: weights are repeat counts, as in the paper's "TinyGSM + 4xOMI1".
+Each document is tokenized as `[bos] + encode(doc) + [eos]` into train.bin (all sources, shuffled)
+and val_<source>.bin, split per source over DISTINCT texts so that repeats cannot leak val into
+train; meta.json, written last, holds the counts and a key over texts, tokenizer, split and seed.
+Deviation from the paper: documents are concatenated and cut into random windows (nanoGPT style),
+not packed per sequence with attention masking across documents.
 """
 
 import hashlib
@@ -84,8 +51,6 @@ def derive_seed(seed: int, *names: str) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
-# ----------------------------------------------------------------------------- mixtures
-
 def _parse_weight(text: str, entry: str) -> float:
     try:
         w = float(text)
@@ -114,7 +79,6 @@ def _parse_entry(entry: str) -> Source:
 
 
 def parse_mixture(spec: str) -> list[Source]:
-    """Parse "tinygsm=1,omi1=4" / "omi2=data/omi2.jsonl:2,finemath=1" into Sources."""
     entries = [e for e in (spec or "").split(",") if e.strip()]
     if not entries:
         raise DataError(f"empty mixture {spec!r}; {MIXTURE_SYNTAX}")
@@ -125,8 +89,6 @@ def parse_mixture(spec: str) -> list[Source]:
         raise DataError(f"source {dupes[0]!r} appears twice in mixture {spec!r}; {MIXTURE_SYNTAX}")
     return sources
 
-
-# ----------------------------------------------------------------------------- documents
 
 def _row_document(row, name: str, where: str) -> str | None:
     """The document text of one JSONL row, or None for a row to skip."""
@@ -146,19 +108,13 @@ def _row_document(row, name: str, where: str) -> str | None:
 
 
 def read_jsonl_documents(path: str, name: str) -> list[str]:
-    """All documents of a local JSONL file of source `name` (see the table above)."""
     if not os.path.isfile(path):
         raise DataError(f"data file not found: {path} (source {name!r})")
-    docs = []
-    for where, row in iter_jsonl(path):
-        doc = _row_document(row, name, where)
-        if doc is not None:
-            docs.append(doc)
-    return docs
+    docs = (_row_document(row, name, where) for where, row in iter_jsonl(path))
+    return [doc for doc in docs if doc is not None]
 
 
 def _repeat(docs: list[str], weight: float, seed: int) -> list[str]:
-    """docs repeated `weight` times: whole copies plus a seeded subset for the fraction."""
     whole = int(weight)
     n_extra = round((weight - whole) * len(docs))
     extra = np.random.default_rng(seed).permutation(len(docs))[:n_extra]
@@ -166,7 +122,6 @@ def _repeat(docs: list[str], weight: float, seed: int) -> list[str]:
 
 
 def load_documents(sources: list[Source], docs_per_source: int, seed: int) -> dict[str, list[str]]:
-    """Documents of each source, weights applied (see the module docstring)."""
     out = {}
     for src in sources:
         if src.path is None:
@@ -180,8 +135,6 @@ def load_documents(sources: list[Source], docs_per_source: int, seed: int) -> di
     return out
 
 
-# ----------------------------------------------------------------------------- token cache
-
 @dataclass
 class TokenData:
     train: np.ndarray  # uint16 tokens of all train documents, shuffled and concatenated
@@ -190,7 +143,6 @@ class TokenData:
 
 
 def cache_key(docs_by_source: dict[str, list[str]], tokenizer, val_fraction: float, seed: int) -> str:
-    """A digest of everything the cache depends on: texts, tokenizer, split settings."""
     h = hashlib.sha256(json.dumps([CACHE_VERSION, val_fraction, seed]).encode())
     h.update(hashlib.sha256(tokenizer.to_json().encode()).digest())
     for name, docs in docs_by_source.items():
@@ -221,8 +173,7 @@ def _tokenize(texts: list[str], tokenizer, desc: str):
             for ids in tokenizer.encode_batch(texts[i:i + ENCODE_CHUNK]):
                 parts.append(np.concatenate([[bos], np.asarray(ids, dtype=np.uint16), [eos]]))
             bar.update(len(texts[i:i + ENCODE_CHUNK]))
-    lengths = np.array([len(p) for p in parts], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts], dtype=np.int64)])
     flat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint16)
     return flat, offsets
 
@@ -262,8 +213,7 @@ def _load_cache(cache_dir: str, key: str) -> TokenData | None:
 
 def build_token_cache(docs_by_source: dict[str, list[str]], tokenizer, cache_dir: str, *,
                       val_fraction: float = 0.05, seed: int = 0) -> TokenData:
-    """Tokenize the mixture into cache_dir (train.bin, val_<source>.bin, meta.json), or
-    reuse what is there when its key matches."""
+    """Tokenize the mixture into cache_dir, or reuse what is there when its key matches."""
     if tokenizer.vocab_size >= 2**16:
         raise ValueError(f"vocab_size {tokenizer.vocab_size} does not fit the uint16 token files")
     key = cache_key(docs_by_source, tokenizer, val_fraction, seed)
@@ -314,8 +264,6 @@ def build_token_cache(docs_by_source: dict[str, list[str]], tokenizer, cache_dir
     _write_atomic(meta_path, lambda f: f.write(json.dumps(meta, indent=2).encode()))
     return _load_cache(cache_dir, key)
 
-
-# ----------------------------------------------------------------------------- batches
 
 def get_batch(tokens: np.ndarray, batch_size: int, block_size: int,
               generator: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:

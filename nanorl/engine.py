@@ -9,16 +9,11 @@ call per step serves the whole batch; there is no Python loop over rows.
     step t:   sample x_t ~ softmax(filter(logits / T)), write its keys/values at slot P + t
     stop:     a row is done after its EOS; later columns are padding (mask False, logprob 0)
 
-What RL needs comes back with the tokens: the log-probability of each sampled token under
-the distribution it was actually sampled from (temperature-scaled, then top-k / top-p
-filtered and renormalised), and the response mask (real tokens up to and including EOS).
-Greedy decoding (temperature 0) reports log-probabilities of the untempered softmax.
-
-On CUDA and MPS shapes are static (the cache is allocated once for P + max_new_tokens slots and every
-step attends over all of them), which is what torch.compile and CUDA graphs want. On CPU, where
-a decode step is bound by reading the cache, it grows by at least CPU_CACHE_STEP slots at a time.
-`naive_generate` is the obviously-correct reference: it recomputes the whole sequence every
-step. Tests check the engine against it token for token; the benchmark measures the speed-up.
+With the tokens come what RL needs: each token's log-probability under the distribution it was
+sampled from (temperature, then top-k / top-p; greedy reports the untempered softmax) and the
+response mask (real tokens up to and including EOS). On CUDA shapes are static (torch.compile and
+CUDA graphs want that); on CPU the cache grows CPU_CACHE_STEP slots at a time. `naive_generate`
+recomputes everything every step: the reference the tests and the benchmark compare against.
 """
 
 from dataclasses import dataclass, fields
@@ -74,11 +69,8 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int = 0, top_
 
 
 def sample_next(logits, temperature: float, top_k: int, top_p: float, generator):
-    """Next tokens (N,) and their log-probabilities under the sampling distribution.
-
-    Sampling is by inverse CDF: one uniform per row, located in the row's cumulative probabilities.
-    It draws the same distribution as torch.multinomial at a fraction of the cost (multinomial
-    draws an exponential per vocabulary entry)."""
+    """Next tokens (N,) and their log-probabilities under the sampling distribution. Inverse-CDF sampling:
+    one uniform per row draws what torch.multinomial draws, without an exponential per vocabulary entry."""
     if temperature == 0:
         logprobs = F.log_softmax(logits.float(), dim=-1)
         tokens = logprobs.argmax(-1)
@@ -132,11 +124,8 @@ def _check_lengths(model: GPT, prompt_len: int, max_new_tokens: int):
 def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, *, eos_id: int, pad_id: int,
              n_samples: int = 1, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
              generator: torch.Generator | None = None) -> Generation:
-    """Sample `n_samples` responses for each prompt (samples of a prompt are adjacent rows).
-
-    temperature 0 is greedy decoding. `generator` (a seeded torch.Generator on the model's
-    device) makes sampling reproducible.
-    """
+    """Sample `n_samples` responses for each prompt (adjacent rows); temperature 0 is greedy, and a seeded
+    `generator` on the model's device makes sampling reproducible."""
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     device = model.rope_cos.device
@@ -213,11 +202,8 @@ def naive_generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, *,
 
 
 def pack(prompts: list[list[int]], responses: list[list[int]], *, eos_id: int, pad_id: int, device="cpu") -> Generation:
-    """A Generation from token lists (SFT targets, preference pairs, kept samples).
-
-    Responses are taken as they are: one that ends in EOS counts as ended, one that does not
-    as truncated (append EOS yourself where the text is complete).
-    """
+    """A Generation from token lists (SFT targets, preference pairs, kept samples); a response that does
+    not end in EOS counts as truncated."""
     if not responses or any(len(r) == 0 for r in responses):
         raise ValueError("pack needs at least one response, each with at least one token")
     prompt, prompt_mask = left_pad(prompts, pad_id, device)
@@ -236,13 +222,10 @@ def response_logits(model: GPT, gen: Generation) -> torch.Tensor:
 
 
 def token_logprobs(model: GPT, gen: Generation, temperature: float = 1.0, top_k: int = 0,
-                      top_p: float = 1.0, with_entropy: bool = False):
-    """Log-probabilities (N, max_new) of `gen.tokens` under `model`, from one full forward pass.
-
-    Uses the same temperature and filtering as the sampler, so for the sampling model it
-    reproduces `gen.logprobs` (what PPO's ratio needs). Off-mask entries are 0. Differentiable.
-    with_entropy=True also returns the per-token entropy of that distribution (0 off the mask).
-    """
+                   top_p: float = 1.0, with_entropy: bool = False):
+    """Differentiable log-probabilities (N, max_new) of `gen.tokens` under `model`, 0 off the mask, with the
+    sampler's temperature and filtering, so the sampling model reproduces `gen.logprobs`; with_entropy
+    also returns each token's entropy."""
     logits = response_logits(model, gen)
     if temperature == 0:
         logprobs = F.log_softmax(logits.float(), dim=-1)

@@ -11,16 +11,9 @@ and the share of each solution format among samples (the Echo Chamber's signatur
     format share:  fraction of samples whose format (verifier.extract_answer) is f
     accuracy by format:  among samples written in format f, the fraction that is correct
 
-Details that matter:
-1. Answers are exact rationals (verifier.py), so 3.5, 7/2 and 7 / 2 computed in code are one
-   vote, and Fraction(5) is the same vote as 5.
-2. maj@k: samples with no answer do not vote, and a tie for the most votes counts as NO
-   majority (wrong), whatever the order of the samples; [5, 7, 7, 5] with gold 5 is wrong.
-3. pass_at_k raises ValueError unless 1 <= k <= n and 0 <= c <= n: pass@k with k > n is not
-   defined by the estimator (and would read as 1.0).
-
-Greedy decoding is deterministic and collapses onto one format per question (the first token
-after the question decides it), so format shares are reported both greedy and sampled.
+Answers are exact rationals (verifier.py): 3.5 and 7/2 are one vote. In maj@k a sample with no
+answer does not vote and a tie for the most votes is no majority. pass@k with k > n is an error,
+not 1.0. Greedy decoding picks one format per question, so shares are reported greedy and sampled.
 """
 
 import math
@@ -186,10 +179,8 @@ def rollout_gold(batch, problems: list[Problem], max_new_tokens: int, quality_co
 
 
 def overoptimisation_stats(gold: torch.Tensor, kl: torch.Tensor, info) -> dict:
-    """Gao et al.'s over-optimisation coordinates for one rollout (all ranks), beside its proxy reward
-    (rollout_stats' reward_mean, the RM's score): the mean gold reward of the same samples, and
-    sqrt(KL(pi || pi_0)), with KL the mean over samples of each response's KL (algos.sequence_kl).
-    A KL estimate a little below 0 (sampling noise near pi_0) counts as 0."""
+    """Gao et al.'s over-optimisation coordinates of one rollout (all ranks), beside its proxy reward: the
+    mean gold reward, and sqrt of the mean per-response KL(pi || pi_0) (an estimate below 0 counts as 0)."""
     sums = runtime.all_reduce_sum(torch.tensor([gold.sum().item(), kl.sum().item(), len(gold)], dtype=torch.float64),
                                   info).tolist()
     gold_mean, kl_mean = sums[0] / sums[2], sums[1] / sums[2]
@@ -207,8 +198,7 @@ def eval_record(result: dict) -> dict:
 def write_plots(args, metrics: list[dict], before: dict, after: dict):
     """train_ppo.py's plots (args: its flags): format share over steps, held-out accuracy, pass@1 by difficulty."""
     out, formats = args.out, verifier.ALL_FORMATS
-    # format share of the training samples at every step; offline algorithms sample nothing while
-    # training, so for them the held-out samples
+    # offline algorithms sample nothing while training: for them, the held-out samples' format share
     source = "share/" if any("share/tinygsm" in m for m in metrics) else "eval/share/"
     rollout_steps = [m for m in metrics if source + "tinygsm" in m]
     plots.stacked(os.path.join(out, "format_share.png"), [m["step"] for m in rollout_steps],

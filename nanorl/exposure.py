@@ -3,34 +3,23 @@
     python -m nanorl.exposure --run base=runs/pretrain --run sft=runs/sft_s1,runs/sft_s2 \\
         --run grpo=runs/grpo_s1,runs/grpo_s2 --format tinygsm --out docs/exposure
 
-A model trained by maximum likelihood only ever sees reference prefixes (teacher forcing) and is
-then run on its own (free running); an early mistake puts it where it has never been, and errors
-may compound (seed 004; Arora et al. 2022). Measured per difficulty d (1-4 steps: the reference
-solutions get longer), on held-out problems whose reference y* is the world's own solution in
-one format (tasks.render):
+Per difficulty d (1-4 steps), on held-out problems with the world's own solution y* in one format
+(tasks.render) as the reference; docs/exposure/README.md has why:
 
     teacher-forced error  e_d = mean over reference tokens t of 1[argmax p(. | x, y*_<t) != y*_t]
-                          (also the mean NLL -log p(y*_t | x, y*_<t), the per-token KL from the
-                          deterministic reference "oracle")
-    predicted success     mean over problems of (1 - e_d)^L, L = len(y*) (with its EOS): the chance
-                          of an error-free solution if every token erred independently at rate e_d,
-                          i.e. if errors neither compounded nor were ever repaired
+                          (also the mean NLL -log p(y*_t | x, y*_<t))
+    predicted success     mean over problems of (1 - e_d)^L, L = len(y*) with its EOS: no compounding
     free-running success  greedy decoding reaches the gold answer (verifier; any path counts)
-    excess error          100 * (err_free - err_pred) / err_pred, err = 1 - success: the excess
-                          accumulated error of Arora et al. 2022 at the answer level; > 0 when
-                          errors compound, < 0 when the model recovers or finds other paths
-    recovery              a correct reference prefix y*_<j (j uniform, seeded) plus one wrong token
-                          (the model's own most likely token other than y*_j), then greedy: the
-                          share of problems still answered correctly, and still answered at all
-    seq-rep-n             1 - |unique n-grams| / |n-grams| within one greedy response (Welleck et
-                          al. 2019), mean over responses; the references' own value is reported too
-    distinct-n            |unique n-grams| / |n-grams| over the k sampled responses to one prompt,
-                          mean over prompts (diversity; RL is expected to lower it)
-    greedy loop           a greedy response that hit max_new_tokens without EOS and whose last
-                          LOOP_REPEATS * p tokens repeat a block of p <= LOOP_MAX_PERIOD tokens
+    excess error          100 * (err_free - err_pred) / err_pred, err = 1 - success (Arora et al. 2022)
+    recovery              greedy after a correct prefix y*_<j (j uniform, seeded) plus the model's most
+                          likely token other than y*_j: share answered correctly, and answered at all
+    seq-rep-n             1 - |unique n-grams| / |n-grams| of one greedy response (Welleck et al. 2019)
+    distinct-n            |unique n-grams| / |n-grams| over the k samples for one prompt
+    greedy loop           a greedy response cut at max_new_tokens whose last LOOP_REPEATS * p tokens
+                          repeat a block of p <= LOOP_MAX_PERIOD tokens
 
-Groups of runs (seeds) are reported as mean +- std (ddof=1). Writes OUT/exposure.json,
-OUT/exposure.md and two plots: success_by_difficulty.png and excess_error.png.
+Groups of runs (seeds): mean +- std (ddof=1). Writes OUT/exposure.json, OUT/exposure.md,
+success_by_difficulty.png and excess_error.png.
 """
 
 import argparse
@@ -48,26 +37,21 @@ from nanorl.tasks import MAX_DIFFICULTY, RENDERERS, problem_set
 LOOP_REPEATS, LOOP_MAX_PERIOD = 3, 20
 
 
-# ----------------------------------------------------------------------------- text metrics
-
 def ngrams(tokens: list, n: int) -> list[tuple]:
     return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
 
 
 def seq_rep(tokens: list, n: int) -> float | None:
-    """1 - unique / all n-grams of one sequence (None when it has no n-gram)."""
     grams = ngrams(tokens, n)
     return 1.0 - len(set(grams)) / len(grams) if grams else None
 
 
 def distinct(sequences: list[list], n: int) -> float | None:
-    """unique / all n-grams pooled over sequences (None when there is no n-gram)."""
     grams = [g for seq in sequences for g in ngrams(seq, n)]
     return len(set(grams)) / len(grams) if grams else None
 
 
 def ends_in_loop(tokens: list, repeats: int = LOOP_REPEATS, max_period: int = LOOP_MAX_PERIOD) -> bool:
-    """The last repeats * p tokens are one block of p tokens repeated, for some p <= max_period."""
     for p in range(1, max_period + 1):
         tail = tokens[-repeats * p:]
         if len(tail) == repeats * p and all(tail[i] == tail[i + p] for i in range(len(tail) - p)):
@@ -76,21 +60,16 @@ def ends_in_loop(tokens: list, repeats: int = LOOP_REPEATS, max_period: int = LO
 
 
 def excess_error(success: float, predicted: float) -> float | None:
-    """100 * (err_free - err_pred) / err_pred in %, None when the prediction is error-free."""
     return None if predicted >= 1.0 else 100.0 * ((1 - success) - (1 - predicted)) / (1 - predicted)
 
 
-# ----------------------------------------------------------------------------- model measurements
-
 @torch.no_grad()
 def teacher_forced(model, tokenizer, pairs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per reference token: argmax error (N, L) and NLL (N, L), the mask (N, L) and the most likely
-    wrong token (N, L) (never the reference token nor a special token)."""
+    """(N, L) per reference token: argmax error, NLL, mask, and the most likely non-special wrong token."""
     gen = pack([p.prompt for p in pairs], [p.chosen for p in pairs], eos_id=tokenizer.eos_id,
                pad_id=tokenizer.pad_id, device=model.rope_cos.device)
     logits = response_logits(model, gen)
-    logprobs = torch.log_softmax(logits, -1)
-    nll = -logprobs.gather(-1, gen.tokens[..., None]).squeeze(-1)
+    nll = -torch.log_softmax(logits, -1).gather(-1, gen.tokens[..., None]).squeeze(-1)
     errors = logits.argmax(-1) != gen.tokens
     forbidden = logits.scatter(-1, gen.tokens[..., None], float("-inf"))
     forbidden[..., [tokenizer.eos_id, tokenizer.pad_id, tokenizer.bos_id]] = float("-inf")
@@ -98,8 +77,7 @@ def teacher_forced(model, tokenizer, pairs) -> tuple[torch.Tensor, torch.Tensor,
 
 
 def greedy(model, tokenizer, prompts, max_new_tokens, batch_size=64):
-    """Greedy responses (token lists, EOS dropped) and whether each ended. Prompts are batched by
-    length, and a batch gets at most what the context leaves after its longest prompt."""
+    """Greedy responses (EOS dropped) and whether each ended, batched by length (the longest prompt caps a batch)."""
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     responses, ended = [None] * len(prompts), [None] * len(prompts)
     for start, gen in generate_batches(model, [prompts[i] for i in order], max_new_tokens, batch_size,
@@ -110,7 +88,6 @@ def greedy(model, tokenizer, prompts, max_new_tokens, batch_size=64):
 
 
 def sampled(model, tokenizer, prompts, max_new_tokens, k, temperature, seed, batch_size=16):
-    """k sampled responses per prompt (token lists), from a seeded generator."""
     generator, out = torch.Generator(device=model.rope_cos.device).manual_seed(seed), []
     for _, gen in generate_batches(model, prompts, max_new_tokens, batch_size, eos_id=tokenizer.eos_id,
                                    pad_id=tokenizer.pad_id, n_samples=k, temperature=temperature, generator=generator):
@@ -119,15 +96,8 @@ def sampled(model, tokenizer, prompts, max_new_tokens, k, temperature, seed, bat
     return out
 
 
-def fitting(problems, fmt: str, tokenizer, block_size: int) -> list:
-    """The problems whose prompt and reference solution fit in the context together."""
-    pairs = reference_pairs(problems, fmt, tokenizer)
-    return [p for p, pair in zip(problems, pairs) if len(pair.prompt) + len(pair.chosen) <= block_size]
-
-
 def measure(model, tokenizer, problems, fmt: str, *, max_new_tokens: int, k: int, temperature: float, n: int,
             seed: int) -> dict:
-    """Every metric of the module docstring for one model on problems of one difficulty."""
     pairs = reference_pairs(problems, fmt, tokenizer)
     errors, nll, mask, wrong = teacher_forced(model, tokenizer, pairs)
     lengths = mask.sum(1)
@@ -156,13 +126,6 @@ def measure(model, tokenizer, problems, fmt: str, *, max_new_tokens: int, k: int
     }
 
 
-# ----------------------------------------------------------------------------- report
-
-def summarise(per_run: list[dict]) -> dict:
-    """{difficulty: {metric: stats over runs}} for one group."""
-    return {d: {m: stats([r[d][m] for r in per_run]) for m in per_run[0][d]} for d in per_run[0]}
-
-
 def markdown(groups: dict) -> str:
     metrics = list(next(iter(next(iter(groups.values())).values())))
     lines = ["| metric | difficulty | " + " | ".join(groups) + " |", "|---|---" + "|---" * len(groups) + "|"]
@@ -173,8 +136,7 @@ def markdown(groups: dict) -> str:
 
 
 def band(group: dict, metric: str, x_metric: str | None = None) -> tuple[list, list, list, list]:
-    """(x, mean, mean - std, mean + std) over the difficulties where the metric has a value;
-    x is the difficulty, or the mean of x_metric there."""
+    """(x, mean, mean - std, mean + std) where the metric has a value; x: the difficulty or x_metric's mean."""
     xs, means, lows, highs = [], [], [], []
     for d, row in group.items():
         if row[metric]["mean"] is not None:
@@ -226,8 +188,9 @@ def main(argv=None):
     difficulties = range(1, MAX_DIFFICULTY + 1)
     problems = {str(d): problem_set("test", args.n_per_difficulty, args.seed, [d]) for d in difficulties}
     model, tokenizer, _ = loaded[0][0]
-    for d, subset in problems.items():
-        problems[d] = fitting(subset, args.format, tokenizer, model.config.block_size)
+    for d, subset in problems.items():  # keep the problems whose prompt and reference fit the context together
+        pairs = reference_pairs(subset, args.format, tokenizer)
+        problems[d] = [p for p, r in zip(subset, pairs) if len(r.prompt) + len(r.chosen) <= model.config.block_size]
         if len(problems[d]) < len(subset):
             print(f"difficulty {d}: {len(subset) - len(problems[d])} of {len(subset)} problems skipped: prompt and "
                   f"reference do not fit the {model.config.block_size}-token context")
@@ -242,7 +205,8 @@ def main(argv=None):
                                     k=args.samples, temperature=args.temperature, n=args.ngram, seed=args.seed)
                 print(f"{name} {path} d={d} | " + runtime.format_line(result[d]), flush=True)
             per_run[name].append(result)
-    groups = {name: summarise(results) for name, results in per_run.items()}
+    groups = {name: {d: {m: stats([r[d][m] for r in runs]) for m in runs[0][d]} for d in runs[0]}  # stats over runs
+              for name, runs in per_run.items()}
     runtime.write_json(os.path.join(args.out, "exposure.json"),
                        {"args": vars(args), "runs": dict(args.run), "per_run": per_run, "groups": groups})
     table = markdown(groups)

@@ -5,18 +5,12 @@
     Attn  = softmax(q k^T / sqrt(d_head) + mask) v       with rotary positions (RoPE) on q and k
     logits = RMSNorm(x_L) wte^T
 
-Rotary positions take an explicit position per token, so a batch of LEFT-PADDED prompts of
-different lengths can be decoded together: each row counts its positions from its own first
-real token, and a boolean mask hides the padding. The KV cache holds the whole generation
-(allocated at once: static shapes, friendly to torch.compile and CUDA graphs; or grown in steps,
-see KVCache): every decode step attends over all its slots and the mask hides slots that are
-empty or padding. A decode step (one new token per row) takes `decode_attention`: two batched
-matrix products and an additive mask kept in the cache; the prompt and training take
-scaled_dot_product_attention.
-
-`hidden_states` exposes the final normalised hidden states for reward/value heads and probes.
-`flops_per_token` follows the PaLM appendix B estimate (6N + 12 L d T) used for MFU.
-Initialisation follows GPT-2: N(0, 0.02), residual output projections scaled by 1/sqrt(2L).
+Each token takes an explicit rotary position, so LEFT-PADDED prompts of different lengths decode
+together: a row counts positions from its own first real token and a boolean mask hides padding.
+The KV cache holds the whole generation; a decode step attends over all its slots with an additive
+mask (`decode_attention`), the prompt and training use scaled_dot_product_attention.
+`flops_per_token` is PaLM's 6N + 12 L d T (for MFU). Init as GPT-2: N(0, 0.02), residual
+projections scaled by 1/sqrt(2L).
 """
 
 import math
@@ -43,15 +37,10 @@ class GPTConfig:
 class KVCache:
     """Keys and values of every layer for a batch of rows, with room for up to `max_len` slots.
 
-    `valid[b, j]` says whether slot j of row b holds a real token (not padding, not empty yet);
-    `bias` is the same as an additive mask (0 or -inf), the whole mask of a 1-token decode query:
-    every slot after the query's own is still empty.
-
-    By default the cache is allocated whole: static shapes, as CUDA graphs and torch.compile want.
-    With `grow_by` it starts with that many slots and, when a write needs more, grows by at least
-    as many (copying k, v, valid and bias), so attention reads only slots that are filled or soon
-    will be. A CPU decode step is bound by reading the cache: at the bench shape (32 + 128 tokens,
-    growing by 32) this reads 112 slots per step on average instead of 160.
+    `valid[b, j]`: slot j of row b holds a real token; `bias` is the same as an additive mask (0 or
+    -inf), the whole mask of a 1-token decode query. Allocated whole by default (static shapes, as
+    CUDA graphs and torch.compile want); with `grow_by` it grows in steps, so a CPU decode step,
+    bound by reading the cache, reads only slots that are filled or soon will be.
     """
 
     def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device, dtype, grow_by: int | None = None):
@@ -103,11 +92,9 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(D) + bias) v for a 1-token query, as two batched matrix products.
-
-    q: (B, H, 1, D), k and v: (B, H, S, D), bias: (B, 1, 1, S). The scores are computed as k q^T, a
-    matrix-vector product per head, which CPU BLAS runs faster than the row-vector form q k^T; both
-    beat scaled_dot_product_attention, whose CPU kernels are built for long queries."""
+    """softmax(q k^T / sqrt(D) + bias) v for a 1-token query q (B, H, 1, D), k and v (B, H, S, D), bias
+    (B, 1, 1, S). Scores as k q^T: CPU BLAS runs a matrix-vector product faster than q k^T, and both beat
+    scaled_dot_product_attention, whose CPU kernels are built for long queries."""
     scores = torch.matmul(k, q.transpose(-1, -2) * q.size(-1) ** -0.5).transpose(-1, -2) + bias
     return torch.matmul(scores.softmax(-1), v)
 

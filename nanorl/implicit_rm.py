@@ -3,26 +3,12 @@
     python -m nanorl.implicit_rm --rm runs/rm --policy dpo=runs/dpo_s1,runs/dpo_s2 \\
         --shift runs/ppo_rm --out runs/implicit_rm
 
-DPO never fits a reward model, yet its policy defines one (Rafailov et al. 2023):
-
     r_local(x, y) = beta * (log pi(y | x) - log pi_ref(y | x))      pi_ref = the run's --init
 
-(per token, i.e. divided by the response length, for a policy trained with --dpo-kind ipo: the
-log-ratio its loss compares).
-
-"All Roads Lead to Likelihood" (arXiv 2503.01067) argues that a reward model trained on the
-preferences (r_global, train_rm.py) generalises better than this implicit one, because it can
-be a simpler function than a policy. Both are scored by held-out preference accuracy, the share
-of pairs with r(chosen) > r(rejected) (ties count as wrong), on pairs labelled by the noiseless
-gold reward of the simulated annotators:
-
-    in distribution   the reward model's own held-out pairs (prefs_held_out.jsonl: the initial
-                      policy's samples for test problems)
-    shifted           pairs sampled in the same way (the --rm run's sampling, pairing and gold
-                      settings and difficulties) from a later policy (--shift), the samples an RL run actually
-                      asks its reward to judge
-
-Groups of runs (seeds) give mean +- std (ddof=1). Writes OUT/implicit_rm.json and prints a table.
+(divided by the response length for --dpo-kind ipo, the log-ratio its loss compares). Both rewards are
+scored by preference accuracy, r(chosen) > r(rejected) (ties wrong), on gold-labelled pairs: the --rm
+run's prefs_held_out.jsonl ("in distribution") and pairs sampled the same way from --shift ("shifted").
+Seeds: mean +- std (ddof=1). Writes OUT/implicit_rm.json and prints a table (docs/online_offline/README.md).
 """
 
 import argparse
@@ -48,8 +34,7 @@ def log_likelihoods(model, responses, tokenizer, batch_size: int = 32) -> torch.
 
 def implicit_rewards(policy, ref_logps, responses, tokenizer, beta: float, per_token: bool = False,
                      batch_size: int = 32) -> torch.Tensor:
-    """(N,) beta * (log pi - log pi_ref) of [(prompt, response) token lists], given the reference's
-    log_likelihoods; per_token: divided by each response's length (IPO's log-ratio)."""
+    """(N,) beta * (log pi - log pi_ref), given pi_ref's log_likelihoods; per_token: divided by the length (IPO)."""
     log_ratio = log_likelihoods(policy, responses, tokenizer, batch_size) - ref_logps
     if per_token:
         log_ratio = log_ratio / torch.tensor([len(r) for _, r in responses], device=log_ratio.device)
@@ -57,15 +42,13 @@ def implicit_rewards(policy, ref_logps, responses, tokenizer, beta: float, per_t
 
 
 def implicit_accuracy(policy, ref_logps, pairs, tokenizer, beta: float, per_token: bool = False) -> float:
-    """Share of pairs whose chosen response gets the larger implicit reward; ref_logps: the
-    reference's log_likelihoods of pair_rows(pairs)."""
+    """Share of pairs whose chosen response gets the larger implicit reward (ref_logps: of pair_rows(pairs))."""
     rewards = implicit_rewards(policy, ref_logps, pair_rows(pairs), tokenizer, beta, per_token)
     return (rewards[:len(pairs)] > rewards[len(pairs):]).float().mean().item()
 
 
 def shifted_pairs(path: str, tokenizer, rm_args: dict, args, device):
-    """Gold-labelled pairs from the --shift policy's samples for held-out test problems, sampled,
-    paired and labelled as the --rm run did for its own (rm_args), without label noise."""
+    """Gold-labelled pairs of the --shift policy's samples for test problems, made as the --rm run made its own."""
     same = ("samples_per_prompt", "pairs_per_prompt", "sample_batch", "temperature", "quality_coef", "gold")
     policy, _, _ = rundir.load_policy(path, "--shift", device, like=tokenizer)
     difficulties = range(rm_args.get("min_difficulty", 1), rm_args.get("max_difficulty", MAX_DIFFICULTY) + 1)

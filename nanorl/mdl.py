@@ -1,26 +1,15 @@
 """Online-code minimum description length (Voita & Titov 2020), in bits: how extractable a label is
 from a frozen representation.
 
-N examples (x_i, y_i), K classes, are sent in blocks ending at 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.25,
-12.5, 25, 50 and 100 % of N (`block_ends`). The first block is sent with the uniform code; every
-later block with a FRESH probe trained on all the examples before it:
+N examples (x_i, y_i), K classes, are sent in blocks ending at 0.1, 0.2, 0.4, ... 50 and 100 % of N
+(`block_ends`): the first with the uniform code, every later one with a FRESH probe trained on all
+the examples before it:
 
     MDL = t_1 log2 K  +  sum_{i >= 1}  sum_{j in block i+1}  -log2 p_i(y_j | x_j)
     uniform codelength = N log2 K,   compression = uniform / MDL
 
-A label the representation determines is cheap to send once a few examples are seen (high
-compression); a label with nothing to learn from costs ~N log2 K bits (compression ~1), which is
-what the random-label control must show. Relative MDL = MDL(spurious) / MDL(target): above 1, the
-target is the MORE extractable feature.
-
-Details that matter:
-1. Bits, not nats: cross-entropy is in nats, so it is divided by ln 2 (the paper's reference code
-   mixes the two).
-2. Examples are ordered so that each class is spread evenly through the sequence
-   (`interleave_classes`): the first, tiny blocks then hold both classes.
-3. Each probe early-stops on a held-out slice of its own training prefix (every 10th example),
-   never on the block it is about to encode.
-4. Probes: "mlp" (one hidden ReLU layer, the default) or "linear", on the inputs as given.
+A random label costs ~N log2 K bits (compression ~1). Relative MDL = MDL(spurious) / MDL(target):
+above 1, the target is the MORE extractable feature. Bits, not nats (the paper's code mixes them).
 """
 
 import math
@@ -46,19 +35,12 @@ def block_ends(n: int) -> list[int]:
 
 
 def interleave_classes(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """An order of the examples in which every class is spread evenly: within a class the order is
-    random, and its j-th member of n_c sits at relative position (j + 0.5) / n_c."""
+    """An order spreading each class evenly: its j-th of n_c members (in random order) sits at (j + 0.5) / n_c."""
     key = np.empty(len(y))
     for label in np.unique(y):
         members = rng.permutation(np.flatnonzero(y == label))
         key[members] = (np.arange(len(members)) + 0.5) / len(members)
     return np.argsort(key, kind="stable")
-
-
-def make_probe(kind: str, dim: int, num_classes: int, hidden: int = 64) -> nn.Module:
-    if kind == "linear":
-        return nn.Linear(dim, num_classes)
-    return nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
 
 
 def codelength_bits(probe: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -69,16 +51,15 @@ def codelength_bits(probe: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float
 
 def fit_probe(kind: str, x: torch.Tensor, y: torch.Tensor, num_classes: int, seed: int, *, lr: float = 1e-3,
               batch_size: int = 64, max_epochs: int = 200, patience: int = 10) -> nn.Module:
-    """A fresh probe trained with Adam on (x, y); the epoch with the lowest loss on the held-out
-    slice (every 10th example; with one example, the example itself) is the one kept."""
+    """A fresh probe trained with Adam, kept at its epoch of least loss on every 10th example (or the last)."""
     torch.manual_seed(seed)
     held_out = torch.arange(len(y)) % 10 == 9
-    if not held_out.any() or held_out.all():
-        held_out = torch.zeros(len(y), dtype=torch.bool)
+    if not held_out.any():  # fewer than 10 examples: hold out the last one
         held_out[-1] = True
     train = ~held_out if (~held_out).any() else held_out
     x_train, y_train, x_val, y_val = x[train], y[train], x[held_out], y[held_out]
-    probe = make_probe(kind, x.size(1), num_classes)
+    probe = nn.Linear(x.size(1), num_classes) if kind == "linear" else nn.Sequential(
+        nn.Linear(x.size(1), 64), nn.ReLU(), nn.Linear(64, num_classes))  # mlp: one hidden layer of 64
     optimizer = torch.optim.Adam(probe.parameters(), lr=lr)
     best, best_state, waited = float("inf"), None, 0
     for _ in range(max_epochs):
@@ -98,7 +79,6 @@ def fit_probe(kind: str, x: torch.Tensor, y: torch.Tensor, num_classes: int, see
 
 
 def online_codelength(x: torch.Tensor, y: np.ndarray, num_classes: int, seed: int, probe: str = "mlp") -> dict:
-    """The online code of labels y (N,) given inputs x (N, dim); see the module docstring."""
     order = interleave_classes(y, np.random.default_rng(seed))
     x, y = x[torch.from_numpy(order)], torch.as_tensor(y[order], dtype=torch.long)
     ends = block_ends(len(y))
@@ -112,7 +92,6 @@ def online_codelength(x: torch.Tensor, y: np.ndarray, num_classes: int, seed: in
 
 
 def mean_stderr(values: list[float]) -> tuple[float, float]:
-    """Mean and standard error of the mean (0 for one value)."""
     values = np.asarray(values, dtype=float)
     if len(values) < 2:
         return float(values.mean()), 0.0
@@ -120,8 +99,7 @@ def mean_stderr(values: list[float]) -> tuple[float, float]:
 
 
 def spearman(x: list[float], y: list[float], permutations: int = 10000, seed: int = 0) -> tuple[float, float]:
-    """Spearman's rho (Pearson correlation of average ranks) and its two-sided permutation p-value,
-    (1 + #{|rho_perm| >= |rho|}) / (1 + permutations). rho is nan when either side is constant."""
+    """Spearman's rho and its two-sided permutation p-value, (1 + #{|rho_perm| >= |rho|}) / (1 + permutations)."""
     def ranks(v):
         v = np.asarray(v, dtype=float)
         order = np.argsort(v, kind="stable")

@@ -1,8 +1,6 @@
 """Plots every script writes next to its metrics: one PNG per call, drawn off-screen (Agg).
 
-`figure` is the one place a figure is made, saved and closed; lines, bands, bars, stacked
-shares and smoothed point clouds are the shapes the run directories use. matplotlib is imported on first use, so
-importing nanorl stays quick.
+matplotlib is imported on first use (in `figure`, where every figure is made), so importing nanorl stays quick.
 """
 
 import contextlib
@@ -25,7 +23,6 @@ def figure(path: str, nrows: int = 1, ncols: int = 1, figsize=(7, 4.2), tight: b
 
 def lines(path: str, series: dict[str, tuple[list, list]], title: str, xlabel: str, ylabel: str,
           logy: bool = False):
-    """A line per named (x, y) series."""
     with figure(path) as (_, ax):
         for name, (xs, ys) in series.items():
             ax.plot(xs, ys, label=name, marker="o" if len(xs) < 30 else None, markersize=3)
@@ -38,8 +35,7 @@ def lines(path: str, series: dict[str, tuple[list, list]], title: str, xlabel: s
 
 def bands(path: str, series: dict[str, tuple[list, list, list, list]], title: str, xlabel: str, ylabel: str,
           ylim: tuple | None = None, dashed: tuple[str, ...] = ()):
-    """A line and a shaded band per named (x, y, low, high) series (e.g. mean and min-max over seeds).
-    A series named in `dashed` is drawn dashed, in the colour of the series before it (its companion)."""
+    """A line and band per named (x, y, low, high) series; one in `dashed` is dashed, in its predecessor's colour."""
     with figure(path) as (_, ax):
         line = None
         for name, (xs, ys, lows, highs) in series.items():
@@ -70,7 +66,6 @@ def bars(path: str, groups: dict[str, dict[str, float]], title: str, ylabel: str
 
 
 def stacked(path: str, xs: list, shares: dict[str, list], title: str, xlabel: str, ylabel: str):
-    """A stacked area of shares that add up to one at each x (e.g. solution formats)."""
     with figure(path) as (_, ax):
         ax.stackplot(xs, *shares.values(), labels=list(shares), alpha=0.85)
         ax.set(title=title, xlabel=xlabel, ylabel=ylabel, ylim=(0, 1),
@@ -86,8 +81,7 @@ def smoothed(values: list[float], window: int) -> list[float]:
 
 def smoothed_paths(path: str, series: dict[str, tuple[list, list]], window: int, title: str, xlabel: str,
                    ylabel: str):
-    """Per named (x, y) series in time order: its points, and its path with both x and y smoothed by a
-    `window`-point moving mean (a noisy x, such as a per-step KL estimate, would zig-zag the raw path)."""
+    """Each (x, y) series' points, and its path with x and y both smoothed (a noisy x, e.g. KL, would zig-zag)."""
     with figure(path) as (_, ax):
         for name, (xs, ys) in series.items():
             line, = ax.plot(smoothed(xs, window), smoothed(ys, window), label=f"{name} ({window}-step mean)")

@@ -1,43 +1,24 @@
-"""Bradley-Terry reward model: a GPT backbone with a scalar head, trained on preference pairs.
+"""Bradley-Terry reward model: a GPT backbone with a scalar head, trained on preference pairs,
+and the simulated annotators that label pairs in nanorl's world.
 
-Model (also PPO's value model, which reads the head at every position; see `value_model` for
-how that one starts):
+    v_t  = w . h_t + b        h_t: the final normalised hidden state of token t (PPO's value model
+                              reads v at every position; see `value_model` for how it starts)
+    r(x) = v_T                T: the LAST real token of [left-padded prompt | right-padded response]
+    L    = -E[log sigmoid(r_c - r_r - margin)] + c * E[(r_c + r_r)^2]      chosen c > rejected r
 
-    h_t   = hidden_states(x)_t                      final normalised hidden state of token t
-    v_t   = w . h_t + b                             w ~ N(0, 1/sqrt(d + 1)), b = 0 at init
-    r(x)  = v_T,  T = the LAST real token           (EOS when the response ended; never padding)
+Rotary positions count from each row's first real token and padding is masked out of attention,
+so a score does not depend on the padding around it (tested). The margin (Llama-2 style) and the
+centring term c are 0 by default. After training, train_rm.py rescales the head so calibration
+responses score mean 0, std 1: the BT loss is blind to shift and scale, PPO's clipping is not.
 
-Sequences are [left-padded prompt | right-padded response]; each row counts its rotary
-positions from its own first real token and padding is masked out of attention, so the score
-of a sequence does not depend on how much padding surrounds it (tested).
+Simulated annotators (Bradley-Terry in the noiseless limit, then each label flipped with
+probability `label_noise`):
 
-Loss (Bradley-Terry, Christiano et al. 2017; Stiennon et al. 2020), for a pair chosen > rejected:
+    gold(y)    = 1[verifier says y is correct] + quality_coef * quality(y)
+    quality(y) = 1 - len(y) / max_new_tokens if y ended with EOS, else 0
 
-    P(chosen > rejected) = sigmoid(r_c - r_r)
-    L = -E[log sigmoid(r_c - r_r - margin)] + c * E[(r_c + r_r)^2]
-
-The margin (Llama-2 style, 0 by default) asks for a gap of at least `margin`; the centring
-term (c = 0 by default) keeps scores near 0, since the loss alone only sees differences.
-Logged: accuracy E[1(r_c > r_r)] and the mean margin E[r_c - r_r].
-
-Simulated annotators (train_rm.py's default data, also usable on any policy's samples):
-
-    gold(y) = 1[verifier says y is correct] + quality_coef * quality(y)
-    quality(y) = 1 - len(y) / max_new_tokens for a response that ended with EOS, 0 if truncated
-
-so correctness dominates and, between equally correct responses, the shorter one wins.
-The "target" gold (a reward as hard to learn as the policy, for the online-vs-offline
-experiment) also asks for a per-prompt target format, an arbitrary hash of the question:
-gold(y) = 1[correct and format(y) == target(x)] + quality_coef * quality(y); no model can
-predict target(x) for a new question, so the reward model must memorise it as the policy must.
-The annotator prefers the higher gold reward (the noiseless limit of Bradley-Terry on gold),
-then each label is flipped with probability `label_noise` (seeded).
-
-Deviations / details: dropout is off (the GPT has none); after training, train_rm.py sets the
-head's gain and bias so responses on a calibration set (never test problems) score mean 0 and
-std 1, as the "N implementation details of RLHF with PPO" study does: the BT loss is invariant
-to a shift and blind to the scale's meaning, while PPO's value clipping (0.2) and KL coefficient
-are tuned for rewards of order 1.
+The "target" gold also asks for a per-prompt target format, a hash of the question: no model
+can predict it for a new question, so a reward model must memorise it as the policy must.
 """
 
 import hashlib
@@ -84,10 +65,8 @@ class ScalarModel(nn.Module):
 
 
 def value_model(policy: GPT, reward_model: ScalarModel | None = None) -> ScalarModel:
-    """PPO's value model, a trainable copy. With a reward model, a copy of it, trained head included
-    (as TRL does): V starts as the RM's score of each prefix. Otherwise the policy's backbone with a
-    ZERO head, so V = 0 everywhere at the start: a random head gives values of std ~1.3 on the tiny
-    model, larger than the 0/1 rewards, which value clipping (0.2 per update) unlearns only slowly."""
+    """PPO's value model, trainable: a copy of the reward model (as TRL), or the policy's backbone with a
+    ZERO head: a random head's values (std ~1.3) dwarf 0/1 rewards and value clipping unlearns them slowly."""
     if reward_model is not None:
         value = ScalarModel(reward_model.config).to(reward_model.head.weight.device)
         value.load_state_dict(reward_model.state_dict())
@@ -132,14 +111,10 @@ def pairs_to_generation(pairs: list[Pair], eos_id: int, pad_id: int, device="cpu
 
 
 def read_preferences(path: str, tokenizer, block_size: int) -> list[Pair]:
-    """Pairs from a JSONL file of {"prompt", "chosen", "rejected"} texts.
-
-    prompt tokens = [bos] + encode(prompt) (give the prompt exactly as the policy sees it, e.g.
-    a question followed by a blank line); responses = encode(text) + [eos]. An optional "ids"
-    object gives the exact token lists instead ({"prompt", "chosen", "rejected"}: what
-    write_preferences stores, since decode-then-encode is not always the identity and a response
-    cut at the length limit has no EOS). A bad line raises DataError naming the file and line.
-    """
+    """Pairs from a JSONL file of {"prompt", "chosen", "rejected"} texts: [bos] + encode(prompt), and
+    encode(response) + [eos]. An optional "ids" object gives the exact token lists instead (what
+    write_preferences stores: decode-then-encode is not always the identity). A bad line raises
+    DataError naming the file and line."""
     if not os.path.isfile(path):
         raise DataError(f"preference file not found: {path}")
     pairs = []
@@ -219,14 +194,9 @@ def gold_reward(text: str, problem, length: int, ended: bool, max_new_tokens: in
 
 def annotator_pairs(gold: list[float], group_size: int, max_pairs: int, label_noise: float,
                      rng: random.Random) -> list[tuple[int, int]]:
-    """(chosen, rejected) indices into `gold`, pairing responses within each group of
-    `group_size` consecutive entries (the samples of one prompt).
-
-    Only pairs whose gold rewards differ are used; per group the `max_pairs` pairs with the
-    largest gold gap come first (pairs that differ in correctness before those that differ in
-    quality only; ties in random order). The annotator prefers the higher gold reward, then
-    the label is flipped with probability `label_noise`.
-    """
+    """(chosen, rejected) indices into `gold`, within each group of `group_size` consecutive entries
+    (one prompt's samples): per group the `max_pairs` pairs with the largest gold gap (ties in random
+    order; equal gold never pairs), the higher gold chosen, then flipped with probability `label_noise`."""
     pairs = []
     for start in range(0, len(gold), group_size):
         idx = range(start, min(start + group_size, len(gold)))
@@ -287,7 +257,7 @@ def gold_pairs(policy, tokenizer, problems, args, seed, device, dtype, who: str)
     pairs, stats = sample_pairs(policy, tokenizer, problems, args, 0.0, seed, device, dtype, f"gold pairs ({who})")
     if not pairs:
         raise RunError(f"no held-out pairs from the {who}: all its samples of each prompt got the same gold reward; "
-                       f"raise the number of prompts, the samples per prompt, the temperature or the quality coefficient")
+                       f"raise the number of prompts, the samples per prompt, the temperature or the quality weight")
     return pairs, stats
 
 

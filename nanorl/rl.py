@@ -50,14 +50,11 @@ Implementation details that matter (numbered as in the cleanrl docs)
 4. GAE: V beyond the last response token is 0 (the episode ends there); gamma = 1 by default.
    Returns are A + V computed BEFORE whitening; whitening uses the masked mean and the unbiased
    masked variance (as TRL) and leaves padding at 0.
-5. Logprobs must be recomputed at the sampling temperature (and top-k / top-p): the sampler drew
-   from softmax(logits / T), so `engine.token_logprobs(model, gen, T)` must divide the logits by
-   T too. Otherwise rho != 1 before the first update and the KL to the old policy is wrong from
-   step one (the classic "negative KL" report). In bf16 the KV-cache sampler and the full forward
-   still differ slightly: take old logprobs from a no-grad `token_logprobs` pass there.
-6. With one optimisation pass per batch (mu = 1) rho is exactly 1, so the logged loss is the
-   (token-weighted) mean of -A, ~0 because advantages are whitened or group-normalised, although
-   the gradient -mean(A grad logp) is not. Log the policy-gradient norm to see learning.
+5. Logprobs are recomputed at the sampling temperature (and top-k / top-p), or rho != 1 before the
+   first update (the classic "negative KL" report). In bf16 the KV-cache sampler and the full
+   forward differ slightly: there old logprobs come from a no-grad recompute.
+6. With one pass per batch rho is exactly 1 and the logged loss is ~0 (advantages are centred)
+   although its gradient is not: watch the gradient norm.
 7. Clipping stats: `clipfrac` is the share of tokens whose clipped term is the active one (their
    gradient is zero); `approx_kl` is k3 between the old (sampling) and the new policy, the
    estimate of KL(old || new) from samples of old.
@@ -65,8 +62,7 @@ Implementation details that matter (numbered as in the cleanrl docs)
    Var(R) tells whether the value head is learning.
 9. Groups whose G rewards are all equal get advantage EXACTLY 0 (not 0 / eps rounding noise):
    no policy gradient from them, only the KL term.
-10. Loss aggregation is a famous bug source: see `aggregate`, and pass the token count of the
-    WHOLE batch (all micro-batches, all ranks) as `total_tokens`.
+10. Loss aggregation: see `aggregate`; pass the token count of the WHOLE batch as `total_tokens`.
 11. DPO sums response logprobs (a sum is the sequence's log-likelihood); IPO averages them.
 12. Online DPO pairs the best and the worst sample of each group and skips groups with no
     preference (all scores equal).
@@ -96,11 +92,8 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
                   all_reduce=lambda t: t) -> torch.Tensor:
-    """(x - mean) / std over the masked entries; padding positions are left at 0.
-
-    shift_mean=False only rescales (the mean is added back), as TRL does for rewards. Under DDP
-    pass a summing all_reduce: mean and (unbiased) variance are then those of every rank's tokens.
-    """
+    """(x - mean) / std over the masked entries, padding left at 0; shift_mean=False only rescales (as TRL
+    does for rewards). Under DDP pass a summing all_reduce: the statistics span every rank's tokens."""
     count = all_reduce(mask.sum().to(x.dtype))
     mean = all_reduce(torch.where(mask, x, 0.0).sum()) / count.clamp(min=1)
     var = all_reduce(torch.where(mask, x - mean, 0.0).pow(2).sum()) / (count - 1).clamp(min=1)
@@ -148,12 +141,8 @@ def ppo_token_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs
 @torch.no_grad()
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
         lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimation, backwards over the T columns, all rows at once.
-
-    rewards, values, mask: (N, T). Returns (advantages, returns), both (N, T), 0 off the mask,
-    with returns = advantages + values. V beyond a row's last response token is 0. No gradient:
-    these are targets (whiten the advantages afterwards, not the returns).
-    """
+    """(advantages, returns) (N, T), 0 off the mask, by GAE backwards over the T columns; returns = A + V.
+    V beyond a row's last response token is 0. No gradient: these are targets."""
     rewards, values = torch.where(mask, rewards, 0.0), torch.where(mask, values, 0.0)
     advantages = torch.zeros_like(rewards)
     running = torch.zeros_like(rewards[:, 0])
@@ -169,9 +158,7 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
 def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                       mask: torch.Tensor, clip: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-token -min(rho A, clip(rho) A) (N, T), 0 off the mask; also rho and where clipping is active.
-
-    advantages: (N, T) per token, or anything that broadcasts to it, e.g. (N, 1).
-    """
+    advantages: (N, T), or anything that broadcasts to it, e.g. (N, 1)."""
     log_ratio = torch.where(mask, logprobs - old_logprobs, 0.0)
     advantages = torch.where(mask, advantages, 0.0)
     ratio = torch.exp(log_ratio)
@@ -219,10 +206,8 @@ def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torc
 
 def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4,
                      scale: bool = True) -> torch.Tensor:
-    """(N,) advantages (R - mean_G) / (std_G + eps), groups = consecutive blocks of group_size rows.
-
-    std is unbiased (as TRL). scale=False gives Dr. GRPO's R - mean_G. All-equal groups give exactly 0.
-    """
+    """(N,) advantages (R - mean_G) / (std_G + eps) over groups of group_size consecutive rows; std unbiased
+    (as TRL); scale=False gives Dr. GRPO's R - mean_G."""
     if rewards.numel() % group_size:
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
     groups = rewards.float().view(-1, group_size)
@@ -249,11 +234,8 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str = "dapo",
     "dr_grpo" sum_{i,t} l_it / (total_seqs * max_len): a constant normaliser (max_len defaults to
               T, total_seqs to N); unbiased, but the loss scale depends on max_len.
 
-    History: the original GRPO code used the "grpo" mean; TRL then normalised by the active tokens
-    of each micro-batch, which silently depends on gradient accumulation and world size (the same
-    flaw as the Oct 2024 transformers gradient-accumulation loss bug); DAPO (Yu et al. 2025)
-    normalises by the active tokens of the whole batch, which is what "dapo" does here when the
-    caller passes total_tokens.
+    Normalising by each micro-batch's own token count (as TRL once did) makes the gradient depend on
+    gradient accumulation and world size; "dapo" with the whole batch's count does not.
     """
     per_token = torch.where(mask, per_token, 0.0)
     if mode == "dapo":
@@ -271,10 +253,7 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: 
               aggregation: str = "dapo", total_tokens: int | torch.Tensor | None = None,
               total_seqs: int | None = None, max_len: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """GRPO loss: per token -min(rho A, clip(rho) A) + kl_coef * k3(logp, logp_ref), aggregated.
-
-    logprobs, old_logprobs, ref_logprobs, mask: (N, T); advantages: (N,), broadcast over tokens.
-    ref_logprobs may be None when kl_coef == 0 (no reference model needed).
-    """
+    advantages: (N,), broadcast over tokens; ref_logprobs may be None when kl_coef == 0."""
     if kl_coef and ref_logprobs is None:
         raise ValueError("grpo_loss: kl_coef > 0 needs ref_logprobs (the reference model's logprobs)")
     per_token, ratio, clipped = clipped_surrogate(logprobs, old_logprobs, advantages[:, None], mask, clip)
@@ -303,12 +282,9 @@ def dpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, ref_chose
              ref_rejected_logps: torch.Tensor, beta: float = 0.1, kind: str = "sigmoid",
              chosen_len: torch.Tensor | None = None,
              rejected_len: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """DPO (kind="sigmoid") or IPO (kind="ipo") loss from (N,) sequence logprobs (sums over tokens).
-
-    IPO divides each log-ratio by its response length: pass chosen_len and rejected_len, (N,).
-    stats: reward_accuracy = share of pairs with implicit reward chosen > rejected; margin = mean of
-    beta * h (the implicit reward margin).
-    """
+    """DPO (kind="sigmoid") or IPO (kind="ipo") loss from (N,) sequence logprobs (sums over tokens); IPO
+    divides each log-ratio by its response length (chosen_len, rejected_len). stats: reward_accuracy
+    (implicit reward chosen > rejected) and margin (mean beta * h)."""
     chosen_ratio, rejected_ratio = chosen_logps - ref_chosen_logps, rejected_logps - ref_rejected_logps
     if kind == "sigmoid":
         losses = -F.logsigmoid(beta * (chosen_ratio - rejected_ratio))
@@ -326,11 +302,8 @@ def dpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, ref_chose
 
 
 def best_worst_pairs(scores: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Online DPO pairs: (chosen_idx, rejected_idx) row indices, one pair per group with a preference.
-
-    Groups are consecutive blocks of group_size rows; chosen = argmax, rejected = argmin of the
-    group's scores (ties: the first index); groups whose scores are all equal are skipped.
-    """
+    """Online DPO pairs: (chosen, rejected) row indices, the argmax and argmin (first on ties) of each
+    group of group_size consecutive rows whose scores are not all equal."""
     if scores.numel() % group_size:
         raise ValueError(f"{scores.numel()} scores do not split into groups of {group_size}")
     groups = scores.view(-1, group_size)
@@ -343,11 +316,8 @@ def best_worst_pairs(scores: torch.Tensor, group_size: int) -> tuple[torch.Tenso
 
 def sft_loss(token_logprobs: torch.Tensor, mask: torch.Tensor,
              total_tokens: int | torch.Tensor | None = None) -> torch.Tensor:
-    """Cross-entropy on response tokens only: -(masked mean of the (N, T) token logprobs).
-
-    The prompt is never in `mask`. As in "dapo", pass the whole batch's token count as
-    total_tokens to make micro-batching invariant.
-    """
+    """Cross-entropy on response tokens only: -(masked mean of the (N, T) token logprobs); pass the whole
+    batch's token count as total_tokens, as in "dapo"."""
     return aggregate(-token_logprobs, mask, "dapo", total_tokens=total_tokens)
 
 

@@ -1,29 +1,20 @@
 """Reward Learning on Policy (RLP, arXiv 2403.19279): retrain the reward model on the RL policy's own
-samples, so that it stays accurate where the policy now puts its mass.
+samples (docs/rlp/README.md).
 
-UML, unsupervised multi-view learning (the multi-view information bottleneck of Federici et al.
-2020). Two views v1, v2 of a prompt are two responses the policy sampled for it. The RM's final
-hidden state h(v) at the response's last token feeds two small heads, the mean and the softplus
-std of a factorised Gaussian p(z | v). With z1 ~ p(z | v1), z2 ~ p(z | v2) (reparameterised):
+UML (multi-view information bottleneck, Federici et al. 2020). Views v1, v2: two responses to one
+prompt. Two heads on the RM's final hidden state at the last token give the mean and softplus std
+of a factorised Gaussian p(z | v); z1 ~ p(z | v1), z2 ~ p(z | v2) (reparameterised):
 
     L_M = -I_JS(z1; z2) + beta * (KL(p(z|v1) || p(z|v2)) + KL(p(z|v2) || p(z|v1))) / 2
     I_JS = E_joint[-softplus(-T(z1, z2))] - E_marginal[softplus(T(z1, z2'))]
 
-the Jensen-Shannon lower bound on the mutual information, with a critic T, an MLP on
-concat(z1, z2), and negatives z2' made by rolling the batch by one (z2 of another prompt). The
-KL term keeps only what the two views share; beta grows log-linearly from 1e-3 to 1 over
-training, as in Federici et al.'s reference.
+T: an MLP critic on concat(z1, z2); z2': the batch rolled by one. beta grows log-linearly from 1e-3 to 1.
 
-SPG, synthetic preference generation (self-consistency). For each unlabeled prompt the policy
-samples n responses; they are clustered by their final answer (verifier.extract_answer: the math
-stand-in for the paper's bidirectional-entailment clusters; a response with no answer joins no
-cluster). confidence = |largest cluster| / n. A prompt is kept if confidence >= gamma and some
-response lies outside that cluster; a tie for the largest cluster keeps no prompt (no majority, as
-in maj@k). chosen = the largest cluster's member with the highest current RM score; rejected = a
-seeded random response outside it. No gold answer is used.
+SPG (self-consistency): a prompt's n responses are clustered by final answer; confidence =
+|largest cluster| / n. Kept if confidence >= gamma, that cluster is strictly largest and some response
+is outside it: chosen = its member the RM scores highest, rejected = a seeded random outsider.
 
-The RM objective: Bradley-Terry over the original pairs D plus the synthetic pairs, + lambda L_M
-(lambda = 0.5). RLP-UML has no synthetic pairs; RLP-SPG has lambda = 0.
+RM objective: Bradley-Terry over the original pairs D plus the synthetic pairs, + lambda L_M.
 """
 
 import random
@@ -89,8 +80,6 @@ def uml_loss(heads: MultiViewHeads, h1: torch.Tensor, h2: torch.Tensor, beta: fl
     skl = symmetric_kl(mu1, std1, mu2, std2).mean()
     return -mi + beta * skl, {"mi_js": mi.item(), "skl": skl.item(), "beta": beta}
 
-
-# ----------------------------------------------------------------------------- SPG
 
 def answer_clusters(answers: list) -> dict:
     """{answer: [indices]} of the responses that gave an answer, in order of first appearance."""

@@ -1,25 +1,10 @@
-"""Run directories: the only interface between the scripts, and the rules every script keeps.
+"""Run directories: the only interface between the scripts, and the rules every script keeps
+(docs/rundir/README.md has them in full).
 
 A run directory holds config.json (with "kind" and "format"), tokenizer.json and model.pt, plus
-what its script writes besides (metrics.jsonl, eval.json, plots, ckpt.pt). The kinds:
-
-    pretrain   train_pretrain.py   a language model pretrained from scratch
-    rm         train_rm.py         a reward model: a GPT with a scalar head
-    policy     train_ppo.py        a fine-tuned language model
-    mdl        probe_mdl.py        an extractability experiment (no model: eval.json, tables, plots)
-
-1. A loader per role checks the kind first and says in one line what it was given and what the
-   flag needs: "--init runs/rm is a reward-model run (kind rm); --init needs a pretraining run
-   (kind pretrain) or a fine-tuned policy run (kind policy)".
-2. A corrupt or mismatched directory (a truncated model.pt, a missing tokenizer.json, the
-   tokenizer of another run) is a RunError naming the file and what to do, never a traceback.
-3. Outputs: `prepare_out` refuses an --out that is, or lies inside, an input run directory (or
-   holds one), and an --out that already holds a run unless --resume (continue it) or
-   --overwrite (replace it) says so. Scripts call it after every input has been validated, so a
-   bad input never touches --out; files inside are written atomically (runtime.write_json,
-   runtime.save_checkpoint). --overwrite never removes a folder that holds other runs or the
-   working directory, and --resume first checks (`check_resume`) that --out is a run of the same
-   kind, started with the same flags.
+what its script writes besides. The kinds are in KINDS. A loader per role checks the kind first;
+a missing, corrupt or mismatched file is one RunError line naming it. `prepare_out` refuses an --out
+that overlaps an input run, or already holds a run without --resume or --overwrite.
 """
 
 import os
@@ -47,17 +32,8 @@ def kind_of(config: dict) -> str | None:
     return config.get("kind") if config.get("kind") in KINDS else None
 
 
-def read_config(path: str, flag: str) -> dict:
-    try:
-        return runtime.read_json(os.path.join(path, "config.json"))
-    except (OSError, ValueError) as err:
-        raise RunError(f"{flag} {path}: config.json is unreadable ({err}); the run did not finish writing it, "
-                       f"or it was edited by hand") from None
-
-
 def check_run(path: str, flag: str, kinds: tuple[str, ...], files=MODEL_FILES) -> dict:
-    """The config of run directory `path`, given as `flag`, after checking it is one of `kinds`
-    and holds `files`. Every failure is one RunError line saying what to do."""
+    """The config of run directory `path` (given as `flag`), after checking it is one of `kinds` and holds `files`."""
     script, _ = KINDS[kinds[0]]
     if not os.path.exists(path):
         raise RunError(f"{flag} {path}: no such run directory; make one with `python {script} --out {path}`")
@@ -65,7 +41,11 @@ def check_run(path: str, flag: str, kinds: tuple[str, ...], files=MODEL_FILES) -
         raise RunError(f"{flag} {path} is a file, not a run directory")
     if not os.path.exists(os.path.join(path, "config.json")):
         raise RunError(f"{flag} {path} has no config.json: not a run directory, or its run did not finish")
-    config = read_config(path, flag)
+    try:
+        config = runtime.read_json(os.path.join(path, "config.json"))
+    except (OSError, ValueError) as err:
+        raise RunError(f"{flag} {path}: config.json is unreadable ({err}); the run did not finish writing it, "
+                       f"or it was edited by hand") from None
     kind = kind_of(config)
     if kind not in kinds:
         what = f"{KINDS[kind][1]} (kind {kind})" if kind else "a run directory of unknown kind"
@@ -85,56 +65,41 @@ def load_tokenizer(path: str, flag: str) -> Tokenizer:
                        f"the run it came from, or re-run that script") from None
 
 
-def load_weights(module: torch.nn.Module, path: str, flag: str):
-    """model.pt into `module`: only tensors are unpickled (weights_only), and a truncated file or a
-    model of another shape is one clear error."""
-    file = os.path.join(path, "model.pt")
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch's zip reader and unpickler raise many types
-        raise RunError(f"{flag} {path}: model.pt is unreadable, truncated or corrupt ({str(err)[:120]}); "
-                       f"re-run the script that wrote it") from None
-    try:
-        module.load_state_dict(state)
-    except (RuntimeError, TypeError, AttributeError) as err:
-        first = str(err).splitlines()[0][:160]
-        raise RunError(f"{flag} {path}: model.pt does not match the model in config.json ({first}); "
-                       f"the two files come from different runs") from None
-
-
-def _model_config(config: dict, path: str, flag: str) -> GPTConfig:
-    try:
-        return GPTConfig(**config["model"])
-    except (KeyError, TypeError) as err:
-        raise RunError(f"{flag} {path}: config.json has no valid \"model\" entry ({err})") from None
-
-
-def _check_vocab(model_config: GPTConfig, tokenizer: Tokenizer, path: str, flag: str):
-    if model_config.vocab_size != tokenizer.vocab_size:
-        raise RunError(f"{flag} {path}: tokenizer.json has {tokenizer.vocab_size} tokens but the model expects "
-                       f"{model_config.vocab_size}; tokenizer.json and model.pt come from different runs")
-
-
 def load_policy(path: str, flag: str = "--init", device: str = "cpu", like: Tokenizer | None = None):
-    """(GPT, tokenizer, config) of a pretrain or policy run, in eval mode on `device`; with `like`, its
-    tokenizer must be that one (the runs of one experiment share their pretraining's)."""
+    """(GPT, tokenizer, config) of a pretrain or policy run, in eval mode; its tokenizer must be `like`, if given."""
     return _load(GPT, ("pretrain", "policy"), path, flag, device, like)
 
 
 def load_reward_model(path: str, flag: str = "--rm", device: str = "cpu", like: Tokenizer | None = None):
-    """(ScalarModel, tokenizer, config) of a reward-model run, in eval mode on `device` (`like`: as above)."""
+    """(ScalarModel, tokenizer, config) of a reward-model run, in eval mode (`like`: as above)."""
     return _load(ScalarModel, ("rm",), path, flag, device, like)
 
 
 def _load(model_class, kinds: tuple[str, ...], path: str, flag: str, device: str, like: Tokenizer | None):
     config = check_run(path, flag, kinds)
-    tokenizer, model_config = load_tokenizer(path, flag), _model_config(config, path, flag)
-    _check_vocab(model_config, tokenizer, path, flag)
+    tokenizer = load_tokenizer(path, flag)
+    try:
+        model_config = GPTConfig(**config["model"])
+    except (KeyError, TypeError) as err:
+        raise RunError(f"{flag} {path}: config.json has no valid \"model\" entry ({err})") from None
+    if model_config.vocab_size != tokenizer.vocab_size:
+        raise RunError(f"{flag} {path}: tokenizer.json has {tokenizer.vocab_size} tokens but the model expects "
+                       f"{model_config.vocab_size}; tokenizer.json and model.pt come from different runs")
     if like is not None and tokenizer.to_json() != like.to_json():
         raise RunError(f"{flag} {path} uses another tokenizer than the run it is used with; train both from the "
                        f"same pretraining run")
     model = model_class(model_config)
-    load_weights(model, path, flag)
+    try:  # weights_only: model.pt can hold tensors only, never code
+        state = torch.load(os.path.join(path, "model.pt"), map_location="cpu", weights_only=True)
+    except Exception as err:  # torch's zip reader and unpickler raise many types
+        raise RunError(f"{flag} {path}: model.pt is unreadable, truncated or corrupt ({str(err)[:120]}); "
+                       f"re-run the script that wrote it") from None
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        first = str(err).splitlines()[0][:160]
+        raise RunError(f"{flag} {path}: model.pt does not match the model in config.json ({first}); "
+                       f"the two files come from different runs") from None
     return model.to(device).eval(), tokenizer, config
 
 
@@ -154,9 +119,8 @@ RESUME_MAY_CHANGE = {"out", "resume", "overwrite", "stop_after", "log_every", "d
 
 def check_resume(out: str, kind: str, args, may_change=RESUME_MAY_CHANGE, resume_file: str = "ckpt.pt",
                  world_size: int | None = None) -> dict:
-    """The config of the run that --resume continues, after checking it is a `kind` run holding
-    `resume_file`, started with the flags `args` has now (except those in `may_change`) and, where
-    given, on `world_size` processes (each rank resumes its own saved state)."""
+    """The config of the run --resume continues, after checking it is a `kind` run holding `resume_file`,
+    started with the flags `args` has now (but `may_change`) and on `world_size` processes, where given."""
     config = check_run(out, "--out", (kind,), files=(resume_file,))
     if world_size is not None and config.get("world_size", 1) != world_size:
         raise RunError(f"--resume: {out} ran on {config.get('world_size', 1)} processes, not {world_size}; "
@@ -187,7 +151,7 @@ def _inside(inner: str, outer: str) -> bool:
 
 def prepare_out(out: str, inputs: list[str | None], resume: bool = False, overwrite: bool = False,
                 resume_file: str = "ckpt.pt"):
-    """Create --out, after refusing every way it could destroy a run (see the module docstring)."""
+    """Create --out, after refusing every way it could destroy a run (docs/rundir/README.md)."""
     for run in filter(None, inputs):
         if _inside(out, run) or _inside(run, out):
             raise RunError(f"--out {out} overlaps the input run {run}; a script never writes into a run it "
@@ -202,19 +166,15 @@ def prepare_out(out: str, inputs: list[str | None], resume: bool = False, overwr
         if not overwrite:
             raise RunError(f"--out {out} already holds a run; pass --resume to continue it, --overwrite to "
                            f"replace it, or pick a new --out")
-        _check_removable(out)
+        # --overwrite replaces one run's directory: never the working directory or a folder of runs
+        if _inside(os.getcwd(), out):
+            raise RunError(f"--overwrite would delete {out}, which holds the working directory; pick a new --out")
+        for folder, _, files in os.walk(out):
+            if folder != out and "config.json" in files:
+                raise RunError(f"--overwrite would delete {out}, which holds the run directory {folder}; give the "
+                               f"run's own directory as --out, or pick a new one")
         shutil.rmtree(out)
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as err:
         raise RunError(f"--out {out} cannot be created ({err.strerror}); pick a writable path") from None
-
-
-def _check_removable(out: str):
-    """--overwrite replaces one run's directory: never the working directory or a folder of runs."""
-    if _inside(os.getcwd(), out):
-        raise RunError(f"--overwrite would delete {out}, which holds the working directory; pick a new --out")
-    for folder, _, files in os.walk(out):
-        if folder != out and "config.json" in files:
-            raise RunError(f"--overwrite would delete {out}, which holds the run directory {folder}; give the "
-                           f"run's own directory as --out, or pick a new one")

@@ -1,18 +1,9 @@
 """The plumbing every script shares: input checks (numeric flags, JSONL files), device and
-dtype, seeding, torchrun/DDP, checkpoints, JSON files, logs and timing (run directories: rundir.py;
-plots: plots.py).
+dtype, seeding, torchrun/DDP, checkpoints, JSON files, logs and timing (run directories: rundir.py).
 
-- Device: auto picks cuda > mps > cpu. Dtype: bf16 autocast on CUDA; fp32 on CPU, because
-  on CPUs without native bf16 matmuls autocast is many times slower (measure with
-  `python -m nanorl.bench --dtype bf16`). fp16 is not offered: it would need loss scaling.
-- Distributed: the same script runs under `python` and `torchrun --nproc_per_node=N`;
-  torchrun's RANK / WORLD_SIZE / LOCAL_RANK select DDP, with gloo on CPU and nccl on CUDA.
-- Checkpoints are written to a temporary file and renamed into place (atomic on POSIX), so a
-  crash or Ctrl-C mid-write never leaves a corrupt checkpoint. They carry optimizer and RNG
-  states so `--resume` continues exactly, and load with weights_only=True (no arbitrary pickles).
-- Inputs: the argparse types below turn a zero or negative count or rate into a one-line
-  usage error (exit 2) instead of a traceback later; `iter_jsonl` names the file and line of
-  a malformed JSONL line (DataError, a RunError).
+- Dtype: bf16 autocast on CUDA; fp32 on CPU, where autocast is many times slower without native
+  bf16 matmuls (`python -m nanorl.bench --dtype bf16`). No fp16: it would need loss scaling.
+- Checkpoints: written to a temporary file and renamed into place (atomic), loaded with weights_only=True.
 """
 
 import argparse
@@ -43,8 +34,7 @@ class RunError(RuntimeError):
 
 
 def run_cli(main):
-    """Run a script's main(); a RunError (bad flag, file, run directory) exits 2 with one line, and a
-    Ctrl-C that the script did not turn into a checkpoint exits 130 with one line."""
+    """Run a script's main(): a RunError exits 2 and an unhandled Ctrl-C exits 130, each with one line."""
     try:
         main()
     except RunError as err:
@@ -56,10 +46,8 @@ def run_cli(main):
 
 
 class CtrlC:
-    """Within `with CtrlC() as ctrl_c:`, the first Ctrl-C only sets `ctrl_c.pressed`: the training
-    loop stops after the step in progress, so the checkpoint holds whole steps and --resume
-    continues exactly. A second Ctrl-C stops at once (run_cli: exit 130). Under torchrun every
-    rank gets the SIGINT; `requested` all-reduces so that the ranks agree on the step."""
+    """The first Ctrl-C only sets `pressed`, so training stops after the step in progress and the checkpoint
+    holds whole steps; a second stops at once. `requested` all-reduces so that torchrun's ranks agree."""
 
     def __enter__(self):
         self.pressed = False
@@ -79,8 +67,7 @@ class CtrlC:
 
 
 def after_step(done: int, args, ctrl_c: CtrlC, info: "Dist", device: str, save, every: int | None = None):
-    """The end of a training step (`done` steps so far): save(done) every `every` steps, at --stop-after
-    and after a Ctrl-C, then exit at a Ctrl-C (code 130) or at --stop-after (code 0)."""
+    """After step `done`: save(done) every `every` steps, at --stop-after or a Ctrl-C, then exit at either."""
     stop = ctrl_c.requested(info, device)
     if (every and done % every == 0) or done == args.stop_after or stop:
         save(done)
@@ -102,14 +89,14 @@ def lr_at(step: int, total: int, lr: float, warmup: int, decay: str = "cosine", 
     return lr * (min_frac + (1 - min_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-# ----------------------------------------------------------------------------- inputs
-
 def apply_preset(args, presets: dict):
     """Fill every flag left at None with the value of the chosen --preset (explicit flags win)."""
     for key, value in presets[args.preset].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
 
+
+# argparse types: a bad count or rate is a one-line usage error (exit 2), not a traceback later
 
 def _flag_value(text: str, kind, is_valid, what: str):
     value = kind(text)  # a ValueError here is reported by argparse as "invalid <helper> value"
@@ -119,22 +106,18 @@ def _flag_value(text: str, kind, is_valid, what: str):
 
 
 def positive_int(text: str) -> int:
-    """argparse type for counts and sizes: an int > 0."""
     return _flag_value(text, int, lambda v: v > 0, "a positive integer")
 
 
 def non_negative_int(text: str) -> int:
-    """argparse type for an int >= 0 (where 0 means 'none' or 'off')."""
     return _flag_value(text, int, lambda v: v >= 0, "an integer >= 0")
 
 
 def positive_float(text: str) -> float:
-    """argparse type for rates and scales: a finite float > 0."""
     return _flag_value(text, float, lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
 
 
 def non_negative_float(text: str) -> float:
-    """argparse type for a finite float >= 0 (where 0 means 'off', e.g. a penalty)."""
     return _flag_value(text, float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
 
 
@@ -150,12 +133,7 @@ class DataError(RunError, ValueError):
 
 
 def iter_jsonl(path: str):
-    """Yield (where, row) for each non-blank line of a JSONL file; where = "path, line N".
-
-    A UTF-8 byte-order mark and CRLF line ends are accepted. A line that is not UTF-8 or not JSON
-    raises DataError naming the file and line; checking the row's fields is the caller's job
-    (name `where` in its message).
-    """
+    """Yield (where = "path, line N", row) per non-blank line; a line not UTF-8 or not JSON is a DataError."""
     try:
         f = open(path, "rb")
     except OSError as err:
@@ -176,21 +154,10 @@ def iter_jsonl(path: str):
             yield where, row
 
 
-# ----------------------------------------------------------------------------- device
-
 def pick_device(name: str = "auto") -> str:
     """`name` after checking this machine has it; "auto" picks cuda, then mps, then cpu."""
-    if name != "auto":
-        check_device(name)
-        return name
-    if torch.cuda.is_available():
-        return "cuda"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def check_device(name: str):
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -202,10 +169,10 @@ def check_device(name: str):
         raise RunError(f"--device {name}: MPS is not available here; use auto or cpu")
     if device.type not in ("cpu", "cuda", "mps"):
         raise RunError(f"--device {name}: nanorl runs on cpu, cuda or mps")
+    return name
 
 
 def pick_dtype(device: str, name: str = "auto") -> tuple[torch.dtype, str]:
-    """The compute dtype and the reason for it (printed at start)."""
     table = {"fp32": torch.float32, "bf16": torch.bfloat16}
     if name != "auto":
         if name not in table:
@@ -217,7 +184,6 @@ def pick_dtype(device: str, name: str = "auto") -> tuple[torch.dtype, str]:
 
 
 def autocast(device: str, dtype: torch.dtype):
-    """Autocast context for reduced precision; a no-op for fp32."""
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.split(":")[0], dtype=dtype)
@@ -228,8 +194,6 @@ def seed_everything(seed: int):
     np.random.seed(seed)
     torch.manual_seed(seed)
 
-
-# ----------------------------------------------------------------------------- distributed
 
 @dataclass
 class Dist:
@@ -247,7 +211,7 @@ class Dist:
 
 
 def init_distributed(device: str) -> tuple[Dist, str]:
-    """Join the torchrun process group if there is one; returns (Dist, this rank's device)."""
+    """Join torchrun's process group (gloo on CPU, nccl on CUDA), if any; returns (Dist, this rank's device)."""
     if "RANK" not in os.environ:
         return Dist(), device
     info = Dist(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"]))
@@ -259,14 +223,23 @@ def init_distributed(device: str) -> tuple[Dist, str]:
     return info, device
 
 
+def setup(args, note: str = "", distributed: bool = False) -> tuple[str, torch.dtype, Dist]:
+    """A script's start: device (joining torchrun's group if `distributed`), dtype and seeds, said in one line."""
+    device = pick_device(args.device)
+    info, device = init_distributed(device) if distributed else (Dist(), device)
+    dtype, why = pick_dtype(device, args.dtype)
+    seed_everything(args.seed)
+    print0(f"device {device} x{info.world_size} | dtype {str(dtype).replace('torch.', '')} ({why}){note}", info=info)
+    return device, dtype, info
+
+
 def barrier(info: Dist):
     if info.enabled:
         dist.barrier()
 
 
 def all_reduce_sum(value: torch.Tensor, info: Dist) -> torch.Tensor:
-    """The sum over ranks, on value's device. nccl reduces CUDA tensors only, so a count kept on the
-    CPU goes to this rank's GPU and back."""
+    """The sum over ranks, on value's device (nccl reduces CUDA tensors only: a CPU value goes via the GPU)."""
     if not info.enabled:
         return value
     on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else value.device
@@ -298,8 +271,6 @@ def print0(*args, info: Dist | None = None, **kwargs):
     if info is None or info.is_main:
         print(*args, **kwargs, flush=True)
 
-
-# ----------------------------------------------------------------------------- files and logs
 
 def write_json(path: str, obj):
     tmp = f"{path}.tmp"
@@ -345,8 +316,6 @@ def format_line(record: dict) -> str:
     return " | ".join(f"{k} {fmt(v)}" for k, v in record.items())
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
 def rng_state() -> dict:
     """Every RNG's state, in types that torch.load(weights_only=True) accepts (lists, tensors)."""
     version, mt, gauss = random.getstate()
@@ -375,10 +344,7 @@ def save_checkpoint(path: str, state: dict):
 
 
 def load_checkpoint(path: str) -> dict:
-    """A checkpoint written by save_checkpoint, on the CPU. weights_only=True: tensors and plain
-    containers only, so a checkpoint file cannot run code when it is loaded. CPU because RNG and
-    generator states must be CPU byte tensors; load_state_dict copies weights and optimizer state
-    to the parameters' device."""
+    """A checkpoint on the CPU (RNG states must be CPU byte tensors); weights_only, so it cannot run code."""
     if not os.path.exists(path):
         raise RunError(f"checkpoint {path} not found")
     try:
@@ -387,8 +353,6 @@ def load_checkpoint(path: str) -> dict:
         raise RunError(f"{path} is unreadable, truncated or corrupt ({str(err)[:120]}); "
                        f"start again with --overwrite") from None
 
-
-# ----------------------------------------------------------------------------- timing
 
 def sync(device: str):
     """Wait for queued kernels, so wall-clock time covers the work and not just its launch."""
@@ -399,7 +363,6 @@ def sync(device: str):
 
 
 def timed(fn, device: str) -> float:
-    """Seconds that fn() takes on `device`."""
     import time
     sync(device)
     start = time.perf_counter()

@@ -1,31 +1,12 @@
 """The math world: GSM-like word problems and the four open-mixture renderers.
 
-One seeded generator makes templated word problems. A problem starts with a person holding
-some items and applies `difficulty` arithmetic steps (+, -, x, exact integer division); the
-gold answer is an integer. The same problem is then rendered in the styles of the open
-datasets that the Echo Chamber paper (arXiv 2504.07912) pretrains on:
-
-    tinygsm   a Python function `def simple_math_problem() -> int:` ending in `return result`
-    omi1      OpenMathInstruct-1: an <llm-code> block whose last line is the expression, the
-              <llm-code-output> block with its value, then \\boxed{N}
-    omi2      OpenMathInstruct-2: natural-language steps with the arithmetic written out in
-              tokens, ending in \\boxed{N}
-    finemath  math prose without a question/answer pair (facts, worked examples), the base corpus
-
-Why this reproduces the paper's mechanism honestly: in the two code formats the verifier
-computes the value, so the model only has to write the right program; in omi2 the model must
-do the arithmetic itself, digit by digit. Which format RL favours is then a property of model
-capacity and mixture, and is measured, never hard-coded.
-
-Learnability choices (a tiny CPU model must learn this in minutes): one digit per token (see
-tokenizer.py), small numbers, and code variables named by the very word of the question that
-introduces the number (`buys = 5` for "buys 5 more"), so writing code is mostly copying.
-
-Held-out split: a problem belongs to the test split iff a stable hash of its question text
-falls in the test bucket, so no test question is ever seen in pretraining, whatever the seeds.
-
-Questions read from a GSM8K-format file (`read_gsm8k`) may have any gold answer the verifier
-reads from `#### N`: an exact rational (an int, or a Fraction for 1687.5 or 3/4; verifier.py).
+A seeded generator makes word problems: a person holds some items, then `difficulty` steps of +,
+-, x or exact integer division; the gold answer is an integer. Each problem is rendered in the
+style of an open dataset the Echo Chamber paper (arXiv 2504.07912) pretrains on: tinygsm (a Python
+function), omi1 (an <llm-code> block, its output, \\boxed{N}), omi2 (natural-language steps with the
+arithmetic written out, \\boxed{N}); finemath is math prose without a question. Code variables are
+named by the word that introduces the number (`buys = 5`), so writing code is mostly copying.
+A hash of the question text (split_of) keeps test questions out of pretraining.
 """
 
 import hashlib
@@ -78,10 +59,9 @@ def _step_choices(rng: random.Random, value: int, item: str, pronoun: str, other
     """All step templates that keep the running value a small positive integer."""
     he, He = pronoun, pronoun.capitalize()
     choices = []
-    n = rng.randint(2, 20)
-    choices.append(("+", "buys", n, f"{He} buys {n} more {item}.", f"{he} buys {n} more"))
-    n = rng.randint(2, 20)
-    choices.append(("+", "finds", n, f"{He} finds {n} more {item}.", f"{he} finds {n} more"))
+    for word in ("buys", "finds"):
+        n = rng.randint(2, 20)
+        choices.append(("+", word, n, f"{He} {word} {n} more {item}.", f"{he} {word} {n} more"))
     if value > 2:
         n = rng.randint(1, min(value - 1, 20))
         choices.append(("-", "gives", n, f"{He} gives {n} {item} to {other}.", f"{he} gives away {n}"))
@@ -138,10 +118,7 @@ def prompt_text(question: str) -> str:
     return question + "\n\n"
 
 
-# ----------------------------------------------------------------------------- renderers
-
 def _expression(problem: Problem) -> str:
-    """The whole computation as one Python expression over the question's words."""
     expr = problem.item
     for i, step in enumerate(problem.steps):
         if i > 0 and step.op in ("*", "//") and problem.steps[i - 1].op in ("+", "-"):
@@ -187,7 +164,6 @@ def render(problem: Problem, fmt: str) -> str:
 
 
 def _finemath_paragraph(rng: random.Random) -> str:
-    """Math prose with no question/answer pair: facts, definitions and worked examples."""
     a, b = rng.randint(2, 40), rng.randint(2, 20)
     item, (name, pronoun) = rng.choice(ITEMS), rng.choice(NAMES)
     k = rng.randint(2, 9)
@@ -245,13 +221,11 @@ def encode_prompts(tokenizer, questions: list[str]) -> list[list[int]]:
 
 
 def prompt_lengths(tokenizer, problems) -> list[int]:
-    """Tokens of each problem's prompt, as encode_prompts makes it."""
     return [len(ids) for ids in encode_prompts(tokenizer, [p.question for p in problems])]
 
 
 def prompt_room(tokenizer, problems, max_new_tokens: int, block_size: int, context: str, hint: str = "") -> int:
-    """Prompt tokens that max_new_tokens leaves in a block_size context, after checking that every one of
-    `problems` (held-out ones: skipping some would change the benchmark) fits there with its response."""
+    """block_size - max_new_tokens, once every one of `problems` fits (skipping some would change the benchmark)."""
     longest = max(prompt_lengths(tokenizer, problems))
     if longest + max_new_tokens > block_size:
         raise RunError(f"--max-new-tokens {max_new_tokens} does not fit: held-out prompts take up to {longest} of "

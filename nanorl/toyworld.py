@@ -1,28 +1,15 @@
 """The toy feature world of the extractability experiment (arXiv 2311.04046, after Lovering et al. 2021).
 
-A prompt is 10 digits. The SPURIOUS feature s is "contains 2". A TARGET feature t is one of
-
-    contains_1          some x_i == 1
-    prefix_duplicate    x_0 == x_1
-    first_last          x_0 == x_9
-    adjacent_duplicate  some x_i == x_(i+1)
-    contains_first      x_0 appears again later
-
-and splits prompts into four SECTIONS: both (t and s), neither, s_only (s, not t), t_only (t, not s).
-The reward pays for reading t, so a policy can only tell s and t apart on the s_only and t_only
-sections. A training set at EVIDENCE p holds exactly ceil(p N) s_only prompts (counterexamples to
-"s predicts t") and N - ceil(p N) = floor((1 - p) N) from both and neither; at p = 0, s alone
-predicts the reward perfectly. t_only prompts are never trained on.
+A prompt is 10 digits. The SPURIOUS feature s is "contains 2"; a TARGET feature t is one of TARGETS.
+t and s split prompts into four SECTIONS: both, neither, s_only and t_only. A training set at
+EVIDENCE p holds exactly ceil(p N) s_only prompts and floor((1 - p) N) from both and neither, so at
+p = 0 s alone predicts the reward; t_only prompts are never trained on.
 
 Rewards, on the digits the policy generates (any other token, e.g. EOS, ends the run):
 
     run    5 tokens: the length of the run of strictly increasing (t) or strictly decreasing (not t)
            digits from the first generated one, stopping at the first violation, divided by 4
     token  1 token: 1 if the digit is in the upper half 5-9 (t) or the lower half 0-4 (not t)
-
-`train_policy` fine-tunes a GPT on this reward with the project's own PPO (algos.ppo_step) and no
-KL penalty, as in the paper ("update freely"). The policy is a nanorl GPT: a pretrained run, whose
-tokenizer has one token per digit, or a small model trained from scratch on the toy task.
 """
 
 import math
@@ -55,7 +42,6 @@ def spurious(x: np.ndarray) -> np.ndarray:
 
 
 def section_of(x: np.ndarray, target: str) -> np.ndarray:
-    """The section name of each prompt."""
     t, s = TARGETS[target](x), spurious(x)
     return np.where(t & s, "both", np.where(~t & ~s, "neither", np.where(s, "s_only", "t_only")))
 
@@ -72,23 +58,20 @@ def sample_section(rng: np.random.Generator, target: str, section: str, n: int) 
 
 
 def evidence_counts(p: float, n: int) -> tuple[int, int, int]:
-    """(s_only, both, neither) counts of a training set of n prompts at evidence p: exactly
-    ceil(p n) s_only (computed on the decimal p, so 0.1 * 100 is 10, not 11), the rest split evenly."""
+    """(s_only, both, neither) counts at evidence p: ceil(p n) s_only, on the decimal p (0.1 * 100 is 10, not 11)."""
     s_only = math.ceil(Fraction(str(p)) * n)
     rest = n - s_only
     return s_only, (rest + 1) // 2, rest // 2
 
 
 def training_set(rng: np.random.Generator, target: str, p: float, n: int) -> np.ndarray:
-    """n training prompts at evidence p, shuffled."""
     counts = evidence_counts(p, n)
     x = np.concatenate([sample_section(rng, target, name, k) for name, k in zip(("s_only", "both", "neither"), counts)])
     return x[rng.permutation(len(x))]
 
 
 def reward(digits: torch.Tensor, t: torch.Tensor, kind: str) -> torch.Tensor:
-    """(n,) rewards of generated digits (n, L) (-1 where a token is not a digit) for prompts with
-    target value t (n,) bool; see the module docstring."""
+    """(n,) rewards of generated digits (n, L), -1 for a non-digit token, given t (n,) bool (module docstring)."""
     digit = digits >= 0
     if kind == "token":
         return (digit[:, 0] & ((digits[:, 0] >= 5) == t)).float()
@@ -108,12 +91,10 @@ class DigitVocab:
     vocab_size: int
 
     def encode(self, x: np.ndarray) -> list[list[int]]:
-        """[BOS] + one token per digit, for each prompt."""
         ids = np.asarray(self.digit_ids)[x]
         return [[self.bos_id] + row for row in ids.tolist()]
 
     def digits(self, tokens: torch.Tensor) -> torch.Tensor:
-        """The digit of each token, -1 for any other token."""
         table = torch.full((self.vocab_size,), -1, dtype=torch.long, device=tokens.device)
         table[torch.tensor(self.digit_ids, device=tokens.device)] = torch.arange(10, device=tokens.device)
         return table[tokens]
@@ -131,7 +112,6 @@ def tokenizer_vocab(tokenizer) -> DigitVocab:
 
 
 def scratch_policy(n_layer: int, n_embd: int, n_head: int, seed: int) -> GPT:
-    """A freshly initialised GPT over the toy vocabulary (digits, BOS, EOS, PAD)."""
     torch.manual_seed(seed)
     config = GPTConfig(vocab_size=SCRATCH_VOCAB.vocab_size, block_size=1 + SEQ_LEN + max(REWARDS.values()),
                        n_layer=n_layer, n_head=n_head, n_embd=n_embd)

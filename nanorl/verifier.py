@@ -1,49 +1,25 @@
-"""
-The answer verifier: finds the final numeric answer in a model's response, safely.
+"""The answer verifier: finds the final numeric answer in a model's response, safely.
 
-Model output is untrusted text, so this file is a security boundary. It never hands that text
-to Python (no exec, eval, compile, nor ast.parse, which compiles and can crash on deep nesting):
-the code formats run in a tiny interpreter over a whitelist, and any input outside it gives
-"no answer" (None), quickly; nothing here raises or hangs.
+Model output is untrusted text, so this file is a security boundary: that text never reaches
+Python (no exec, eval, compile, nor ast.parse, which can crash on deep nesting). The code formats
+run in a tiny interpreter over a whitelist, within the bounds below; anything else gives None, quickly.
 
 Formats, detected in this order (extract_answer returns (format, answer)):
-  omi1     text has `<llm-code>`: run the FIRST `<llm-code>...</llm-code>` block (no closing
-           tag: the rest of the text) as statements; the answer is the value of the last line
-           (an expression, `print(expr)`, or the value of an assignment). The model's own
-           `<llm-code-output>` and `\\boxed{}` are ignored: the verifier computes the value.
-  tinygsm  a line starts with `def `: `def name():` or `def name() -> int:`, then an indented
-           body (a docstring and `#` comments are skipped); the answer is the first `return`.
-  omi2     text has `\\boxed{`: the LAST `\\boxed{...}` must hold a number (see below).
-           Here the model did the arithmetic itself, in tokens.
-  gsm8k    text has `####`: the rest of the line after the LAST `####` must hold a number,
-           as GSM8K solutions end (`#### 72`). Checked last, so that a text with any marker
-           of the three formats above is read as before this format existed.
-  none     anything else.
+  omi1     `<llm-code>`: the value of the last line of the FIRST code block (the model's output ignored)
+  tinygsm  a line starts with `def name():` or `def name() -> int:`: the body's first `return`
+  omi2     `\\boxed{`: the number in the LAST `\\boxed{...}`
+  gsm8k    `####`: the number on the rest of the LAST `####` line (checked last)
+Answers are exact: an int when integral, else a Fraction in lowest terms, never a float. A written
+number may be `-$1,234.5`, `\\$5`, `.5`, `12.`, `3/4` or `\\frac{3}{4}` (also `\\dfrac`).
 
-Answers are exact rationals, never floats (type Answer): an int when the value is integral
-(`\\boxed{12.0}` and `return 24 / 2` both give the int 12), else a Fraction in lowest terms
-(`return 7 / 2` gives Fraction(7, 2)). So `==` compares exactly, and Fraction(5) == 5 with
-equal hashes, so votes count together. A written number (omi2, gsm8k, and GSM8K gold lines
-read by `parse_gsm8k_answer`) is an optional `-`, an optional `$` or `\\$`, then `72`, `1,234`
-(thousands commas), `1,234.5`, `.5`, `12.` (a sentence's full stop), `3/4` or `\\frac{3}{4}`
-(also `\\dfrac`); at most MAX_DIGITS digits a part, and a value within MAX_VALUE.
-
-Grammar of the interpreter (one statement per line, evaluated while it is parsed):
+Grammar of the interpreter (one statement per line, evaluated while it is parsed; values are exact
+Fractions, `//` and `%` floor as in Python, x/0 and unassigned names give no answer):
   stmt  := NAME '=' expr | 'return' expr | 'print' '(' expr ')' | expr
   expr  := term (('+' | '-') term)*
   term  := unary (('*' | '/' | '//' | '%') unary)*
   unary := ('-' | '+') unary | power
   power := atom ['**' unary]                  # right-assoc, -2**2 == -4 as in Python
   atom  := INT | DECIMAL | NAME | '(' expr ')'
-Values are exact Fractions (0.1 + 0.2 == 0.3 here, unlike Python floats); `/` is true division,
-`//` and `%` floor as in Python; x/0 and unassigned names give no answer, and so does all that
-is not in the grammar: strings, calls but print, attributes, brackets, loops, lambdas, imports.
-As in Python, omi1 code starts at column 0 and a function body keeps one indentation.
-
-Bounds (the constants below): code length, statements, nesting depth, literal digits, size of
-every intermediate value (numerator and denominator), and `**` only with a small exponent whose
-result size is estimated from bit lengths BEFORE it is computed, so `9**9**9**9` is instant.
-Extraction uses str.find / rfind only (no regexes): 1 MB of text takes linear time.
 """
 
 import keyword
@@ -73,8 +49,6 @@ _BINOPS = {"+": operator.add, "-": operator.sub, "*": operator.mul,
 
 class VerifyError(Exception):
     """Any reason to give no answer. Raised inside, caught at the public boundary only."""
-
-# ----------------------------------------------------------------------------- values
 
 def _check(v):
     # every value passes here, so a chain of * or + can never build a huge integer
@@ -112,8 +86,6 @@ def _pow(a, b):
 def _exact(v: Fraction) -> Answer:
     return v.numerator if v.denominator == 1 else v
 
-# ----------------------------------------------------------------------------- lexer
-
 def _is_name(s):
     return s[:1].isidentifier() and not s.strip(_NAME_CHARS) and not keyword.iskeyword(s)
 
@@ -142,8 +114,6 @@ def _lex(line):
             raise VerifyError(f"unexpected character {c!r}")
         i = j
     return toks
-
-# ----------------------------------------------------------------------------- parser
 
 class _Expr:
     """Recursive descent over one line's tokens; evaluates as it parses (no AST needed)."""
@@ -226,8 +196,6 @@ def _statement(line, env, in_function):
         return "print", p.finish(p.atom())  # atom() reads exactly '(' expr ')'
     return "expr", p.finish(p.expr())
 
-# ----------------------------------------------------------------------------- programs
-
 def _run_block(code):
     # split("\n"), not splitlines(): Python does not end a line on \x0c, \x1c, \u2028...
     lines = [l for l in code[:MAX_CODE_CHARS + 1].split("\n") if _strip_comment(l).strip(_SPACE)]
@@ -240,18 +208,15 @@ def _run_block(code):
         _, last = _statement(line, env, in_function=False)
     return last
 
-def _check_header(line):
-    h = _strip_comment(line).strip(_SPACE)
+def _function_body(code):
+    """The statements of the function that `code` starts with (docstring and comments out)."""
+    lines = code[:MAX_CODE_CHARS + 1].split("\n")  # the slice bounds the work on huge text
+    h = _strip_comment(lines[0]).strip(_SPACE)  # the def line: `def name():` or `def name() -> NAME:`
     paren = h.find("(")
     name, rest = h[4:paren].strip(_SPACE), h[paren:-1].replace(" ", "")
     ok_rest = rest == "()" or (rest.startswith("()->") and _is_name(rest[4:]))
     if not (h.startswith("def ") and h.endswith(":") and paren > 4 and _is_name(name) and ok_rest):
         raise VerifyError("bad def line")
-
-def _function_body(code):
-    """The statements of the function that `code` starts with (docstring and comments out)."""
-    lines = code[:MAX_CODE_CHARS + 1].split("\n")  # the slice bounds the work on huge text
-    _check_header(lines[0])
     body, indent, doc, first = [], None, None, True
     for line in lines[1:]:
         raw = line.strip(_SPACE)
@@ -289,7 +254,6 @@ def _run_function(code):
     raise VerifyError("no return")
 
 def _unsigned(s):
-    """'1,234.5' -> Fraction(2469, 2): digits, thousands commas, an optional '.'."""
     whole, _, frac = s.strip().partition(".")
     groups = whole.split(",")  # thousands commas: 1,234 but not 12,34 nor ,123
     if len(groups) > 1 and (not 0 < len(groups[0]) < 4 or {len(g) for g in groups[1:]} != {3}):
@@ -324,8 +288,6 @@ def _llm_code(text):
     # no closing tag (near enough): take the rest, cut just past the length bound
     return text[start:end] if end >= 0 else text[start:start + MAX_CODE_CHARS + 1]
 
-# ----------------------------------------------------------------------------- public API
-
 def _safe(fn):
     try:
         return fn()
@@ -333,11 +295,9 @@ def _safe(fn):
         return None
 
 def run_block(code: str) -> Answer | None:
-    """Value of the last line of a block of statements (the omi1 rule), or None."""
     return _safe(lambda: _exact(_run_block(code)))
 
 def run_function(code: str) -> Answer | None:
-    """Value of the first `return` of the function that `code` starts with, or None."""
     return _safe(lambda: _exact(_run_function(code)))
 
 def detect_format(text: str) -> str:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The Echo Chamber over seeds: docs/echo/README.md. One pretrained model (seed 1337), then GRPO, PPO and EI at
-# beta 0 and GRPO at beta 0.1, 60 steps each, RL seeds 1-3, and the table. 2-core CPU: pretraining 7.2 min; then
+# beta 0 and GRPO at beta 0.1, 60 steps each, RL seeds 1-3, and the table. 2-core CPU: pretraining 5.9 min; then
 # training time per run, seed 1 alone on the machine (evaluation extra): GRPO 281.3 s, PPO 1569.3 s, EI 192.8 s.
 set -euo pipefail
 # the pretrained model every run starts from

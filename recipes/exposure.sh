@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Exposure bias (teacher-forced vs free-running error, recovery, diversity) of SFT and GRPO: docs/exposure/README.md.
 # One pretrained model (seed 1337); SFT on the tinygsm reference solutions and GRPO, 60 steps each, seeds 1-3.
-# 2-core CPU: pretraining 7.2 min, a GRPO run 281 s of training (evaluation extra), the measurement 66 s; SFT not timed.
+# 2-core CPU: pretraining 5.9 min, a GRPO run 281 s of training (evaluation extra), the measurement 66 s; SFT not timed.
 set -euo pipefail
 # the base model
 python train_pretrain.py --out runs/exposure/pretrain

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Extractability and evidence (arXiv 2311.04046) with online-code MDL probes: docs/mdl/README.md.
-# 2-core CPU: the tiny preset from scratch (3 seeds) 6.6 min; pretraining 7.2 min; the reduced grid from the
+# 2-core CPU: the tiny preset from scratch (3 seeds) 7.4 min; pretraining 5.9 min; the reduced grid from the
 # pretrained model (2 seeds) 6 min 6 s. Copy mdl_table.md and the two figures of runs/extractability/mdl to docs/mdl/.
 set -euo pipefail
 # the tiny preset from scratch: 4 targets and the control, 3 probe seeds, 3 RL seeds (the main job's last step)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reward Learning on Policy (RLP-UML and RLP-SPG) against plain PPO, 2 PPO seeds, one RM: docs/rlp/README.md.
-# 2-core CPU: pretraining 7.2 min, the RM 1.3 min, rlp.py 1.1 min a run; each PPO run (beta 0.02, 60 steps)
+# 2-core CPU: pretraining 5.9 min, the RM 1.5 min, rlp.py 1.3 min a run; each PPO run (beta 0.02, 60 steps)
 # 503.7-543.3 s of training on average (evaluation extra). Nine PPO runs, five rlp.py runs.
 set -euo pipefail
 # the SFT policy (the pretrained model) and the RM, with AlpacaFarm-style noisy labels

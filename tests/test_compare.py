@@ -24,7 +24,7 @@ def make_run(root, name, *, seed, algo="grpo", kl_coef=0.0, pass1=0.9, greedy=No
     run.mkdir()
     args = {"init": "runs/tiny2", "out": str(run), "algo": algo, "kl_coef": kl_coef, "max_steps": STEPS,
             "seed": seed, "device": device}
-    (run / "config.json").write_text(json.dumps({"script": "train_ppo.py", "init": "runs/tiny2", "args": args}))
+    (run / "config.json").write_text(json.dumps({"script": "train_ppo.py", "kind": "policy", "init": "runs/tiny2", "args": args}))
     before = {"pass@1": 0.5, "pass@k": 0.9, "maj@k": 0.7, "k": 4, "pass@1_by_difficulty": {"1": 0.6, "2": 0.4},
               "format_share": shares(0.4, 0.1, 0.5), "sampled_format_share": shares(0.3, 0.2, 0.5)}
     after = {**before, "pass@1": pass1, "pass@1_by_difficulty": {"1": 1.0, "2": pass1 - 0.2},

@@ -366,12 +366,12 @@ def test_dedupe_correct():
 
 def test_sft_loss_on_response_tokens_only(model):
     g = torch.Generator().manual_seed(0)
-    token_logprobs = -torch.rand(2, 7, generator=g)  # columns 0-2: prompt, 3-6: response
+    logprobs = -torch.rand(2, 7, generator=g)  # columns 0-2: prompt, 3-6: response
     mask = torch.zeros(2, 7, dtype=torch.bool)
     mask[0, 3:5], mask[1, 3:7] = True, True
-    loss = rl.sft_loss(token_logprobs, mask)
-    torch.testing.assert_close(loss, -token_logprobs[mask].mean())
-    changed = token_logprobs.clone()
+    loss = rl.sft_loss(logprobs, mask)
+    torch.testing.assert_close(loss, -logprobs[mask].mean())
+    changed = logprobs.clone()
     changed[:, :3] = -50.0
     assert torch.equal(rl.sft_loss(changed, mask), loss)
     # against the model's own cross-entropy with every non-response target ignored
