@@ -283,15 +283,14 @@ def main(argv=None):
     with runtime.CtrlC() as ctrl_c:
         finished = run_all(args, start, records, log, ctrl_c)
     if not finished:
-        print(f"interrupted: {len(records)} finished probes and runs are in {args.out}/runs.jsonl; "
+        print(f"interrupted ({ctrl_c.signal}): {len(records)} finished probes and runs are in {args.out}/runs.jsonl; "
               f"continue with --resume")
-        raise SystemExit(130)
+        raise SystemExit(ctrl_c.exit_code)
     result = evaluation(args, records)
     result["seconds"] = round(time.time() - t_start, 1)
     runtime.write_json(os.path.join(args.out, "eval.json"), result)
     table = mdl_table(result)
-    with open(os.path.join(args.out, "mdl_table.md"), "w") as f:
-        f.write(table)
+    runtime.write_text(os.path.join(args.out, "mdl_table.md"), table)
     plot_reward_vs_evidence(os.path.join(args.out, "reward_vs_evidence.png"), result)
     plot_reward_vs_relative_mdl(os.path.join(args.out, "reward_vs_relative_mdl.png"), result, records)
     print(table)

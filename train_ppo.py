@@ -98,6 +98,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=1337, help="seed for prompts, sampling and updates")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--dtype", default="auto", help="auto | fp32 | bf16 (autocast)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the policy and value model of the updates")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its ckpt.pt")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it already holds a run")
     p.add_argument("--stop-after", type=positive_int, default=None, help="save a checkpoint and exit after this step")
@@ -129,7 +130,7 @@ def parse_args(argv=None):
 
 # flags a --resume may change: the learning rate is constant, so more steps extend a run, and the
 # rest changes memory, checkpoints or evaluations only
-RESUME_MAY_CHANGE = rundir.RESUME_MAY_CHANGE | {"ckpt_every", "max_steps", "micro_batch", "eval_every"}
+RESUME_MAY_CHANGE = rundir.RESUME_MAY_CHANGE | {"ckpt_every", "max_steps", "micro_batch", "eval_every", "compile"}
 
 
 def rl_config(args) -> algos.RLConfig:
@@ -294,7 +295,8 @@ def start(args, run: Run, info, device, dtype):
         rundir.prepare_out(args.out, [args.init, args.rm, args.prompts, args.prefs], args.resume, args.overwrite)
     runtime.barrier(info)
     if args.resume:  # on every rank: all stop with the same one-line error
-        rundir.check_resume(args.out, "policy", args, RESUME_MAY_CHANGE, world_size=info.world_size)
+        rundir.check_resume(args.out, "policy", args, RESUME_MAY_CHANGE, world_size=info.world_size,
+                            lock=info.is_main)
     log = runtime.MetricsLog(os.path.join(args.out, "metrics.jsonl"), info.is_main, truncate=not args.resume)
     if args.resume:
         first = load(run, runtime.load_checkpoint(os.path.join(args.out, "ckpt.pt")), info)
@@ -341,6 +343,8 @@ def main(argv=None):
     # DDP averages gradients over ranks; the updates sum their statistics over ranks with all_reduce
     policy = DDP(run.policy) if info.enabled else run.policy
     value = DDP(run.value) if info.enabled and run.value is not None else run.value
+    if args.compile:  # the updates' forward passes; sampling stays eager (its KV cache changes shape)
+        policy, value = torch.compile(policy), value and torch.compile(value)
     world, all_reduce = info.world_size, lambda t: runtime.all_reduce_sum(t, info)
 
     bar = tqdm(range(first, args.max_steps), initial=first, total=args.max_steps, desc=args.algo,

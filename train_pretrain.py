@@ -244,7 +244,8 @@ def main(argv=None):
         rundir.prepare_out(args.out, [], args.resume, args.overwrite)
     runtime.barrier(info)
     if args.resume:  # on every rank: all stop with the same one-line error
-        rundir.check_resume(args.out, "pretrain", args, RESUME_MAY_CHANGE, world_size=info.world_size)
+        rundir.check_resume(args.out, "pretrain", args, RESUME_MAY_CHANGE, world_size=info.world_size,
+                            lock=info.is_main)
     tokenizer, tokens = prepare_data(args, docs, info)
     check_evaluable(args, tokenizer, tokens)
     print0(f"corpus: {len(tokens.train):,} train tokens | vocab {tokenizer.vocab_size}", info=info)
@@ -270,9 +271,8 @@ def main(argv=None):
                                            max_new_tokens=args.max_new_tokens)
     result = {"val_loss": sum(val.values()) / len(val), "val_loss_by_source": val, **result}
     runtime.write_json(os.path.join(args.out, "eval.json"), result)
-    with open(os.path.join(args.out, "samples.txt"), "w") as f:
-        for problem, (text,) in zip(problems, samples):
-            f.write(f"### {problem.question}\n[gold {problem.answer}]\n{text}\n\n")
+    runtime.write_text(os.path.join(args.out, "samples.txt"), "".join(
+        f"### {problem.question}\n[gold {problem.answer}]\n{text}\n\n" for problem, (text,) in zip(problems, samples)))
     metrics = [record for _, record in runtime.iter_jsonl(os.path.join(args.out, "metrics.jsonl"))]
     write_plots(args, metrics, result)
     print0(runtime.format_line({"val_loss": result["val_loss"], "pass@1": result["pass@1"],

@@ -46,6 +46,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (auto: cuda > mps > cpu)")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
                    help="auto: bf16 autocast on CUDA, fp32 elsewhere")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model's forward (training and sampling)")
     p.add_argument("--seed", type=int, default=0, help="seeds the weights, the random tokens and the sampler")
     p.add_argument("--baseline", default=None,
                    help="another nanorl checkout whose engine to time against this one, side by side (CPU)")
@@ -190,6 +191,8 @@ def main(argv=None) -> dict:
     config = GPTConfig(vocab_size=args.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
                        n_head=args.n_head, n_embd=args.n_embd)
     model = GPT(config).to(device).eval()
+    if args.compile:  # the engine and the training step both run the model through hidden_states
+        model.hidden_states = torch.compile(model.hidden_states)
 
     print("peak: timing square matmuls ...", flush=True)
     peak = measure_peak_flops(device, dtype, args.matmul_size or None)

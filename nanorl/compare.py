@@ -242,8 +242,8 @@ def main(argv=None):
     table = markdown(groups)
     runtime.write_json(os.path.join(args.out, "summary.json"),
                        {"formats": formats, "band": "min-max", "groups": groups})
-    with open(os.path.join(args.out, "summary.md"), "w") as f:
-        f.write(table + "\n" + "".join(f"![{g['name']}]({g['plot']})\n" for g in groups if g["plot"]))
+    runtime.write_text(os.path.join(args.out, "summary.md"),
+                       table + "\n" + "".join(f"![{g['name']}]({g['plot']})\n" for g in groups if g["plot"]))
     print(table)
     print(f"wrote {args.out}/ (summary.json, summary.md, win_rate.png, *_format_share.png; --reward rm runs: "
           "gold_vs_kl.png, proxy_vs_kl.png)")

@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from nanorl import tasks
-from nanorl.runtime import DataError, iter_jsonl
+from nanorl.runtime import DataError, iter_jsonl, write_atomically
 
 SYNTHETIC = tasks.SOURCES  # produced by tasks.synthetic_documents
 FIELDS = {  # JSONL field mapping: document = "\n\n".join(row[f] for f in fields)
@@ -179,10 +179,11 @@ def _tokenize(texts: list[str], tokenizer, desc: str):
 
 
 def _write_atomic(path: str, write) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, path)
+    """write(file) into `path`, whole or not at all (runtime.write_atomically)."""
+    def to_file(tmp):
+        with open(tmp, "wb") as f:
+            write(f)
+    write_atomically(path, to_file)
 
 
 def _read_tokens(path: str) -> np.ndarray:

@@ -210,8 +210,7 @@ def main(argv=None):
     runtime.write_json(os.path.join(args.out, "exposure.json"),
                        {"args": vars(args), "runs": dict(args.run), "per_run": per_run, "groups": groups})
     table = markdown(groups)
-    with open(os.path.join(args.out, "exposure.md"), "w") as f:
-        f.write(table)
+    runtime.write_text(os.path.join(args.out, "exposure.md"), table)
     plot(args.out, groups, args.format)
     print(table)
     print(f"wrote {args.out}/ (exposure.json, exposure.md, success_by_difficulty.png, excess_error.png)")

@@ -6,6 +6,8 @@ matplotlib is imported on first use (in `figure`, where every figure is made), s
 import contextlib
 import statistics
 
+from nanorl import runtime
+
 
 @contextlib.contextmanager
 def figure(path: str, nrows: int = 1, ncols: int = 1, figsize=(7, 4.2), tight: bool = True, **subplots):
@@ -17,7 +19,7 @@ def figure(path: str, nrows: int = 1, ncols: int = 1, figsize=(7, 4.2), tight: b
     yield fig, axes
     if tight:
         fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    runtime.write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
 
 

@@ -162,11 +162,9 @@ def write_preferences(path: str, pairs: list[Pair], tokenizer):
     """The inverse of read_preferences: one line per pair, the texts plus their exact "ids"."""
     def text(response):
         return tokenizer.decode(response[:-1] if response[-1] == tokenizer.eos_id else response)
-    with open(path, "w") as f:
-        for p in pairs:
-            f.write(json.dumps({"prompt": tokenizer.decode(p.prompt[1:]), "chosen": text(p.chosen),
-                                "rejected": text(p.rejected),
-                                "ids": {"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}}) + "\n")
+    runtime.write_text(path, "".join(json.dumps({"prompt": tokenizer.decode(p.prompt[1:]), "chosen": text(p.chosen),
+                                                "rejected": text(p.rejected), "ids": {"prompt": p.prompt, "chosen":
+                                                p.chosen, "rejected": p.rejected}}) + "\n" for p in pairs))
 
 
 # ----------------------------------------------------------------------------- simulated annotators

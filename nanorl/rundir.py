@@ -7,8 +7,10 @@ a missing, corrupt or mismatched file is one RunError line naming it. `prepare_o
 that overlaps an input run, or already holds a run without --resume or --overwrite.
 """
 
+import fcntl
 import os
 import shutil
+import sys
 
 import torch
 
@@ -118,9 +120,10 @@ RESUME_MAY_CHANGE = {"out", "resume", "overwrite", "stop_after", "log_every", "d
 
 
 def check_resume(out: str, kind: str, args, may_change=RESUME_MAY_CHANGE, resume_file: str = "ckpt.pt",
-                 world_size: int | None = None) -> dict:
+                 world_size: int | None = None, lock: bool = True) -> dict:
     """The config of the run --resume continues, after checking it is a `kind` run holding `resume_file`,
-    started with the flags `args` has now (but `may_change`) and on `world_size` processes, where given."""
+    started with the flags `args` has now (but `may_change`) and on `world_size` processes, where given;
+    then takes the run's lock (`lock`: under torchrun, rank 0 only)."""
     config = check_run(out, "--out", (kind,), files=(resume_file,))
     if world_size is not None and config.get("world_size", 1) != world_size:
         raise RunError(f"--resume: {out} ran on {config.get('world_size', 1)} processes, not {world_size}; "
@@ -131,6 +134,8 @@ def check_resume(out: str, kind: str, args, may_change=RESUME_MAY_CHANGE, resume
         was = ", ".join(_as_flag(k, saved[k]) for k in changed)
         raise RunError(f"--resume: {out} was started with {was}; pass the same flags to resume it, or --overwrite "
                        f"to start again")
+    if lock:
+        _lock(out)
     return config
 
 
@@ -149,9 +154,45 @@ def _inside(inner: str, outer: str) -> bool:
     return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
 
 
+LOCK = ".lock"  # flock'ed by the one process writing a run directory; the kernel frees it when that process ends
+_held = []  # this process's locks: an open file holds its lock for the life of the process
+
+
+def _refuse_if_locked(out: str):
+    """One writer per run directory: a live process holding out/.lock is a RunError that names it. A lock
+    left by a process that died (kill -9 included) is free again, so --resume is never blocked by it."""
+    path = os.path.join(out, LOCK)
+    if not os.path.exists(path) or any(f.name == path for f in _held):
+        return
+    with open(path) as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunError(f"--out {out} is being written by another run ({f.read().strip() or 'a live process'}); "
+                           f"wait for it to end, or pick a new --out") from None
+
+
+def _lock(out: str):
+    path = os.path.join(out, LOCK)
+    if any(f.name == path and not f.closed for f in _held):
+        return
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # another run took it since _refuse_if_locked
+        f.close()
+        _refuse_if_locked(out)
+        raise
+    f.truncate(0)
+    f.write(f"pid {os.getpid()}: {' '.join(sys.argv)}")
+    f.flush()
+    _held.append(f)
+
+
 def prepare_out(out: str, inputs: list[str | None], resume: bool = False, overwrite: bool = False,
                 resume_file: str = "ckpt.pt"):
-    """Create --out, after refusing every way it could destroy a run (docs/rundir/README.md)."""
+    """Create --out and take its lock (--resume: check_resume takes it), after refusing every way it could destroy a
+    run (docs/rundir/README.md)."""
     for run in filter(None, inputs):
         if _inside(out, run) or _inside(run, out):
             raise RunError(f"--out {out} overlaps the input run {run}; a script never writes into a run it "
@@ -160,9 +201,10 @@ def prepare_out(out: str, inputs: list[str | None], resume: bool = False, overwr
         raise RunError(f"--out {out} is an existing file; give a directory path")
     if resume and overwrite:
         raise RunError("--resume continues --out and --overwrite replaces it: pass one of them")
+    _refuse_if_locked(out)
     if resume and not os.path.exists(os.path.join(out, resume_file)):
         raise RunError(f"--resume: {out}/{resume_file} not found; start without --resume")
-    if not resume and os.path.isdir(out) and os.listdir(out):
+    if not resume and os.path.isdir(out) and set(os.listdir(out)) - {LOCK}:
         if not overwrite:
             raise RunError(f"--out {out} already holds a run; pass --resume to continue it, --overwrite to "
                            f"replace it, or pick a new --out")
@@ -178,3 +220,5 @@ def prepare_out(out: str, inputs: list[str | None], resume: bool = False, overwr
         os.makedirs(out, exist_ok=True)
     except OSError as err:
         raise RunError(f"--out {out} cannot be created ({err.strerror}); pick a writable path") from None
+    if not resume:  # a resumed run is locked once check_resume has seen it is the right run
+        _lock(out)

@@ -8,6 +8,7 @@ dtype, seeding, torchrun/DDP, checkpoints, JSON files, logs and timing (run dire
 
 import argparse
 import contextlib
+import errno
 import json
 import math
 import os
@@ -46,24 +47,32 @@ def run_cli(main):
 
 
 class CtrlC:
-    """The first Ctrl-C only sets `pressed`, so training stops after the step in progress and the checkpoint
-    holds whole steps; a second stops at once. `requested` all-reduces so that torchrun's ranks agree."""
+    """Ctrl-C (SIGINT), or the SIGTERM a scheduler sends before it kills a job (SLURM preemption, a time
+    limit, a Kubernetes eviction), only sets `pressed`: training stops after the step in progress, so the
+    checkpoint holds whole steps. A second Ctrl-C stops at once. `requested` all-reduces so that
+    torchrun's ranks agree on the step."""
 
     def __enter__(self):
-        self.pressed = False
-        self.previous = signal.signal(signal.SIGINT, self._press)
+        self.pressed, self.signal = False, None
+        self.previous = {s: signal.signal(s, self._press) for s in (signal.SIGINT, signal.SIGTERM)}
         return self
 
     def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self.previous)
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
     def _press(self, signum, frame):
-        self.pressed = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        os.write(sys.stderr.fileno(), b"\nCtrl-C: stopping after this step (press again to stop now)\n")
+        self.pressed, self.signal = True, signal.Signals(signum).name
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.write(sys.stderr.fileno(), f"\n{self.signal}: stopping after this step and saving a checkpoint\n".encode())
 
     def requested(self, info: "Dist", device: str) -> bool:
         return all_reduce_sum(torch.tensor(float(self.pressed), device=device), info).item() > 0
+
+    @property
+    def exit_code(self) -> int:
+        return 143 if self.signal == "SIGTERM" else 130  # 128 + the signal's number, as a shell reports it
 
 
 def after_step(done: int, args, ctrl_c: CtrlC, info: "Dist", device: str, save, every: int | None = None):
@@ -72,8 +81,9 @@ def after_step(done: int, args, ctrl_c: CtrlC, info: "Dist", device: str, save, 
     if (every and done % every == 0) or done == args.stop_after or stop:
         save(done)
     if stop:
-        print0(f"interrupted: saved {args.out}/ckpt.pt at step {done}; continue with --resume", info=info)
-        sys.exit(130)
+        print0(f"interrupted ({ctrl_c.signal or 'another rank'}): saved {args.out}/ckpt.pt at step {done}; "
+               f"continue with --resume", info=info)
+        sys.exit(ctrl_c.exit_code)
     if done == args.stop_after:
         print0(f"stopped after step {done} (--stop-after); continue with --resume", info=info)
         sys.exit(0)
@@ -272,11 +282,33 @@ def print0(*args, info: Dist | None = None, **kwargs):
         print(*args, **kwargs, flush=True)
 
 
-def write_json(path: str, obj):
+def write_atomically(path: str, write):
+    """write(tmp), then rename tmp to `path`, so that `path` is always whole: a crash leaves the previous
+    version. An OSError (a full disk, a lost mount, no permission) removes tmp and is one RunError."""
     tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise write_error(path, err) from None
+
+
+def write_error(path: str, err: OSError) -> RunError:
+    return RunError(f"cannot write {path} ({err.strerror or err}); free space or fix the path, then continue "
+                    f"with --resume from the last checkpoint")
+
+
+def write_text(path: str, text: str):
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+    write_atomically(path, write)
+
+
+def write_json(path: str, obj):
+    write_text(path, json.dumps(obj, indent=2))
 
 
 def read_json(path: str):
@@ -290,21 +322,33 @@ class MetricsLog:
     def __init__(self, path: str, enabled: bool = True, truncate: bool = True):
         self.path, self.enabled = path, enabled
         if enabled and truncate:
-            open(path, "w").close()
+            write_text(path, "")
 
     def write(self, record: dict):
         if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            try:
+                with open(self.path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            except OSError as err:
+                raise write_error(self.path, err) from None
 
     def drop_after(self, step: int):
-        """Forget records past `step`: a resumed run logs again the steps after its checkpoint."""
-        if self.enabled and os.path.exists(self.path):
-            kept = [record for _, record in iter_jsonl(self.path) if record.get("step", 0) <= step]
-            tmp = f"{self.path}.tmp"
-            with open(tmp, "w") as f:
-                f.writelines(json.dumps(record) + "\n" for record in kept)
-            os.replace(tmp, self.path)
+        """Forget records past `step` (a resumed run logs them again) and a last line a kill cut short."""
+        if not (self.enabled and os.path.exists(self.path)):
+            return
+        with open(self.path) as f:
+            lines = f.read().split("\n")
+        kept = []
+        for i, line in enumerate(lines):
+            try:
+                record = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:
+                if i < len(lines) - 1:  # only the last line can be torn by a kill
+                    raise DataError(f"{self.path}, line {i + 1}: invalid JSON") from None
+                continue
+            if record is not None and record.get("step", 0) <= step:
+                kept.append(record)
+        write_text(self.path, "".join(json.dumps(record) + "\n" for record in kept))
 
 
 def format_line(record: dict) -> str:
@@ -338,9 +382,17 @@ def set_rng_state(state: dict):
 
 
 def save_checkpoint(path: str, state: dict):
-    tmp = f"{path}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    def save(tmp):
+        with open(tmp, "wb") as f:
+            try:
+                torch.save(state, f)
+            except RuntimeError as err:  # torch's zip writer reports a short write (a full disk) as its own error
+                f.write(b"\0")
+                f.flush()  # the OSError behind it, with its cause, if the disk is full
+                raise OSError(errno.EIO, f"torch.save failed: {err}") from None
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename: a power cut leaves the old or the new file
+    write_atomically(path, save)
 
 
 def load_checkpoint(path: str) -> dict:

@@ -13,6 +13,8 @@ from typing import Iterable
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from nanorl.runtime import write_atomically
+
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 SPECIAL_TOKENS = [BOS, EOS, PAD]  # this order gives ids 0, 1, 2
 MIN_VOCAB = len(SPECIAL_TOKENS) + 256  # specials + one token per byte
@@ -52,9 +54,7 @@ class Tokenizer:
         return cls(tok)
 
     def save(self, path: str) -> None:
-        tmp = f"{path}.tmp{os.getpid()}"
-        self._tok.save(tmp)
-        os.replace(tmp, path)
+        write_atomically(path, self._tok.save)
 
     @classmethod
     def load(cls, path: str) -> "Tokenizer":

@@ -64,7 +64,7 @@ def test_prepare_out_rules(tmp_path):
     rundir.prepare_out(str(run), [], resume=True)
     assert (run / "model.pt").read_text() == "weights"  # resuming keeps everything
     rundir.prepare_out(str(run), [], overwrite=True)
-    assert run.is_dir() and not any(run.iterdir())  # overwriting starts from an empty directory
+    assert [p.name for p in run.iterdir()] == [rundir.LOCK]  # overwriting starts empty, but for the writer's lock
     rundir.prepare_out(str(tmp_path / "new" / "deeper"), [])
     assert (tmp_path / "new" / "deeper").is_dir()
 
@@ -81,7 +81,7 @@ def test_overwrite_never_deletes_a_folder_of_runs_or_the_working_directory(tmp_p
     assert (runs / "a" / "config.json").read_text() == "{}"
     monkeypatch.chdir(tmp_path)
     rundir.prepare_out(str(runs / "a"), [], overwrite=True)  # one run's own directory: replaced
-    assert not any((runs / "a").iterdir())
+    assert [p.name for p in (runs / "a").iterdir()] == [rundir.LOCK]
 
 
 def test_resume_checks_kind_flags_and_world_size(tmp_path):
