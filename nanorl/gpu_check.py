@@ -47,7 +47,8 @@ def script(*argv, env=None) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": ROOT, **(env or {})})
     if proc.returncode:
-        raise RunError(f"{' '.join(argv[:2])} failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
+        last = (proc.stderr or proc.stdout).strip().splitlines() or ["no output"]
+        raise RunError(f"{' '.join(argv[:2])} failed: {last[-1]}")
     return proc
 
 
