@@ -1,6 +1,6 @@
 """Extractability and evidence: does RL fine-tuning learn the feature that is easier to extract?
 
-    python probe_mdl.py --out runs/mdl                          # tiny preset, from scratch, CPU, ~10 minutes
+    python probe_mdl.py --out runs/mdl                          # tiny preset, from scratch, on a CPU
     python probe_mdl.py --init runs/pretrain --out runs/mdl_pre # the policy starts from a pretrained run
     python probe_mdl.py --preset paper --out runs/mdl_paper     # the paper's grid (hours on a CPU)
 
@@ -25,7 +25,7 @@ PRESETS = {
     "smoke": dict(targets="contains_1,prefix_duplicate", evidence="0,0.5", seeds=1, probe_seeds=2, probe_n=200,
                   train_n=200, test_n=32, iterations=3, batch_size=16, lr=1e-3, reward="token",
                   n_layer=1, n_embd=32, n_head=2),
-    # the default: about 10 minutes on a 2-core CPU
+    # the default: minutes on a 2-core CPU (docs/mdl/README.md)
     "tiny": dict(targets="contains_1,prefix_duplicate,first_last,adjacent_duplicate", evidence="0,0.01,0.1,0.5",
                  seeds=3, probe_seeds=3, probe_n=2000, train_n=2000, test_n=256, iterations=100, batch_size=64,
                  lr=1e-3, reward="token", n_layer=2, n_embd=64, n_head=4),

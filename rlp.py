@@ -25,7 +25,7 @@ from nanorl.runtime import RunError, non_negative_float, positive_float, positiv
 from nanorl.tasks import problem_set
 
 PRESETS = {
-    # about 5 minutes on a 2-core CPU
+    # the default: minutes on a 2-core CPU (docs/rlp/README.md)
     "tiny": dict(n_prompts=96, n_eval_prompts=64, samples_per_prompt=8, max_new_tokens=128, epochs=1,
                  batch_size=16, sample_batch=16),
     # seconds; for the smoke tests

@@ -1,6 +1,6 @@
 """Stage 1: tokenizer + open-mixture corpus + GPT pretraining from scratch.
 
-    python train_pretrain.py                          # tiny preset, CPU, ~8 minutes
+    python train_pretrain.py                          # tiny preset, on a CPU
     python train_pretrain.py --preset small --mixture "tinygsm=1,omi1=4,omi2=1,finemath=1"
     torchrun --nproc_per_node=2 train_pretrain.py     # DDP (gloo on CPU, nccl on CUDA)
 
@@ -27,7 +27,7 @@ from nanorl.tasks import problem_set, prompt_room
 from nanorl.tokenizer import MIN_VOCAB, Tokenizer
 
 PRESETS = {
-    # ~0.9M parameters; about 7 minutes on a 2-core CPU, evaluation included
+    # ~0.9M parameters; minutes on a 2-core CPU, evaluation included (docs/pretrain/README.md)
     "tiny": dict(n_layer=4, n_head=4, n_embd=128, block_size=256, vocab_size=1024, batch_size=16,
                  max_steps=900, lr=3e-3, warmup_steps=100, docs_per_source=10000, max_new_tokens=128,
                  n_eval=300, eval_samples=4, eval_every=150),

@@ -1,6 +1,6 @@
 """Stage 2: preference pairs + a Bradley-Terry reward model on the pretrained backbone.
 
-    python train_rm.py --init runs/pretrain --out runs/rm                 # tiny preset, CPU, ~3 minutes
+    python train_rm.py --init runs/pretrain --out runs/rm                 # tiny preset, on a CPU
     python train_rm.py --init runs/pretrain --out runs/rm_noisy --label-noise 0.2
     python train_rm.py --init runs/pretrain --out runs/rm --shift-init runs/ppo   # + shifted accuracy
 
@@ -31,7 +31,7 @@ from nanorl.runtime import (RunError, non_negative_float, non_negative_int, posi
 from nanorl.tasks import MAX_DIFFICULTY, problem_set
 
 PRESETS = {
-    # about 3 minutes on a 2-core CPU, sampling included (one epoch: a second one overfits)
+    # sampling included, minutes on a 2-core CPU (one epoch: a second one overfits)
     "tiny": dict(n_prompts=384, n_eval_prompts=128, n_calib_prompts=128, samples_per_prompt=4, max_new_tokens=128,
                  epochs=1, batch_size=16, lr=1e-3, warmup_steps=5, sample_batch=32, eval_every=24),
     # seconds; for the smoke tests
