@@ -5,6 +5,7 @@ import errno
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -143,3 +144,26 @@ def test_a_second_run_on_the_same_out_is_refused_and_names_the_first(pretrained_
         holder.wait()
     rundir.prepare_out(str(out), [])  # the holder died: its lock is free (a stale .lock file blocks nothing)
     assert (out / rundir.LOCK).read_text().startswith(f"pid {os.getpid()}: ")
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+def test_sigterm_to_every_rank_under_torchrun_saves_one_checkpoint_at_one_step(pretrained_run, tmp_path):
+    """A scheduler signals the whole job: both ranks stop after the same step, rank 0 holds the lock and writes
+    one checkpoint with both ranks' states, and --resume under torchrun finishes the run."""
+    out = tmp_path / "ddp"
+    cmd = ["torchrun", "--standalone", "--nproc_per_node=2", "train_ppo.py", "--init", str(pretrained_run),
+           "--algo", "grpo", "--preset", "test", "--max-steps", "30", "--eval-every", "30", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    wait_for(out / "eval_before.json", proc)
+    assert (out / rundir.LOCK).read_text().startswith("pid ")
+    time.sleep(1)
+    os.killpg(proc.pid, signal.SIGTERM)  # as SLURM's scancel does: the launcher and both ranks
+    stdout, stderr = proc.communicate(timeout=120)
+    step = runtime.load_checkpoint(str(out / "ckpt.pt"))
+    assert 1 <= step["step"] < 30 and len(step["rank_states"]) == 2, stderr[-2000:]
+    assert f"interrupted (SIGTERM): saved {out}/ckpt.pt at step {step['step']}" in stdout
+    done = subprocess.run(cmd + ["--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [m["step"] for m in metrics(out)] == list(range(31))
