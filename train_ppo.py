@@ -153,7 +153,7 @@ class Run:
     pool: list                      # training problems
     pairs: list[Pair] | None        # dpo / sft data
     sampler: torch.Generator
-    base_state: dict                # the initial weights (EI --ei-restart)
+    base_state: dict | None         # the initial weights, for EI --ei-restart only
     ei_kept: list = dataclasses.field(default_factory=list)  # EI --ei-restart: every sample kept so far
 
 
@@ -210,7 +210,7 @@ def load_run(args, info, device) -> Run:
         pairs = read_preferences(args.prefs, tokenizer, block) if args.prefs else None
     sampler = torch.Generator(device=device).manual_seed(args.seed * 1000 + info.rank)
     return Run(policy, ref, value, reward_model, optimizer, tokenizer, init_config, eval_problems, pool, pairs,
-               sampler, copy.deepcopy(policy.state_dict()))
+               sampler, copy.deepcopy(policy.state_dict()) if args.ei_restart else None)
 
 
 def step_problems(pool, step, args, info):
@@ -375,7 +375,8 @@ def main(argv=None):
                       "time": time.perf_counter() - t0}
             if (step + 1) % args.eval_every == 0 or step + 1 == args.max_steps:
                 # beta = 0 updates do not log the KL to the reference: measure it here
-                record |= evaluation_record(run, args, None if "kl_ref" in record else batch, device, dtype, info)
+                record |= evaluation_record(run, args, None if "kl_ref" in record else batch, device, dtype, info,
+                                            all_reduce)
             log.write(record)
             if info.is_main:
                 bar.write(runtime.format_line({k: v for k, v in record.items() if not k.startswith("eval/share")}))
@@ -388,13 +389,13 @@ def main(argv=None):
     runtime.shutdown_distributed(info)
 
 
-def evaluation_record(run: Run, args, batch, device, dtype, info) -> dict:
+def evaluation_record(run: Run, args, batch, device, dtype, info, all_reduce) -> dict:
     """An evaluation step's extra fields: the KL of `batch` to the reference, and the held-out metrics (rank 0)."""
     record = {}
     if batch is not None:
         with runtime.autocast(device, dtype):
             kl = {"kl_ref": algos.kl_to_reference(run.ref, batch)}
-        record |= algos.rank_mean(kl, info.world_size, lambda t: runtime.all_reduce_sum(t, info))
+        record |= algos.rank_mean(kl, info.world_size, all_reduce)
     if info.is_main:
         record |= evals.eval_record(held_out(run, args, device, dtype))
     runtime.barrier(info)

@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from nanorl import tasks
-from nanorl.runtime import DataError, iter_jsonl, write_atomically
+from nanorl.runtime import DataError, iter_jsonl, write_atomically, write_text
 
 SYNTHETIC = tasks.SOURCES  # produced by tasks.synthetic_documents
 FIELDS = {  # JSONL field mapping: document = "\n\n".join(row[f] for f in fields)
@@ -178,14 +178,6 @@ def _tokenize(texts: list[str], tokenizer, desc: str):
     return flat, offsets
 
 
-def _write_atomic(path: str, write) -> None:
-    """write(file) into `path`, whole or not at all (runtime.write_atomically)."""
-    def to_file(tmp):
-        with open(tmp, "wb") as f:
-            write(f)
-    write_atomically(path, to_file)
-
-
 def _read_tokens(path: str) -> np.ndarray:
     # np.memmap cannot map an empty file
     if os.path.getsize(path) == 0:
@@ -234,7 +226,7 @@ def build_token_cache(docs_by_source: dict[str, list[str]], tokenizer, cache_dir
         train_idx = doc_idx[~is_val[doc_idx]]  # every copy of every train text
         val_idx = np.flatnonzero(is_val)  # one copy of each val text
         val_tokens = np.concatenate([flat[offs[j]:offs[j + 1]] for j in val_idx]) if len(val_idx) else flat[:0]
-        _write_atomic(os.path.join(cache_dir, f"val_{name}.bin"), val_tokens.tofile)
+        write_atomically(os.path.join(cache_dir, f"val_{name}.bin"), val_tokens.tofile)
         flats.append(flat)
         offsets.append(offs)
         train_src.append(np.full(len(train_idx), s, dtype=np.int64))
@@ -248,13 +240,14 @@ def build_token_cache(docs_by_source: dict[str, list[str]], tokenizer, cache_dir
         raise DataError("the mixture has no training documents (all weights 0?)")
     order = np.random.default_rng(derive_seed(seed, "shuffle")).permutation(len(src))
 
-    def write_train(f):
-        for i in range(0, len(order), 4096):  # gather in chunks to bound memory
-            chunk = order[i:i + 4096]
-            np.concatenate([flats[src[k]][offsets[src[k]][doc[k]]:offsets[src[k]][doc[k] + 1]]
-                            for k in chunk]).tofile(f)
+    def write_train(tmp):
+        with open(tmp, "wb") as f:
+            for i in range(0, len(order), 4096):  # gather in chunks to bound memory
+                chunk = order[i:i + 4096]
+                np.concatenate([flats[src[k]][offsets[src[k]][doc[k]]:offsets[src[k]][doc[k] + 1]]
+                                for k in chunk]).tofile(f)
 
-    _write_atomic(os.path.join(cache_dir, "train.bin"), write_train)
+    write_atomically(os.path.join(cache_dir, "train.bin"), write_train)
     for fname in os.listdir(cache_dir):  # val files of sources no longer in the mixture
         if fname.startswith("val_") and fname.endswith(".bin") and fname[4:-4] not in stats:
             os.remove(os.path.join(cache_dir, fname))
@@ -262,7 +255,7 @@ def build_token_cache(docs_by_source: dict[str, list[str]], tokenizer, cache_dir
             "dtype": "uint16", "val_fraction": val_fraction, "seed": seed,
             "train_tokens": sum(s["train_tokens"] for s in stats.values()),
             "train_docs": int(len(src)), "sources": stats}
-    _write_atomic(meta_path, lambda f: f.write(json.dumps(meta, indent=2).encode()))
+    write_text(meta_path, json.dumps(meta, indent=2))
     return _load_cache(cache_dir, key)
 
 
