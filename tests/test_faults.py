@@ -35,6 +35,16 @@ def wait_for(path, proc, seconds=120):
     assert os.path.exists(path), f"{path} never appeared"
 
 
+def wait_for_step_1(run, proc, seconds=120):
+    """Until step 1 is logged: the loop, and its signal handler, has begun."""
+    deadline = time.time() + seconds
+    while time.time() < deadline and proc.poll() is None:
+        if (run / "metrics.jsonl").exists() and len((run / "metrics.jsonl").read_text().splitlines()) >= 2:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{run} never logged step 1")
+
+
 def metrics(run) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
@@ -58,7 +68,7 @@ def assert_same_run(whole, resumed):
 def test_sigterm_saves_a_checkpoint_and_resume_ends_as_an_uninterrupted_run(pretrained_run, whole_run, tmp_path):
     out = tmp_path / "run"
     proc = start(out, pretrained_run)
-    wait_for(out / "eval_before.json", proc)
+    wait_for_step_1(out, proc)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 143, stderr[-2000:]
@@ -156,9 +166,8 @@ def test_sigterm_to_every_rank_under_torchrun_saves_one_checkpoint_at_one_step(p
     env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
-    wait_for(out / "eval_before.json", proc)
+    wait_for_step_1(out, proc)
     assert (out / rundir.LOCK).read_text().startswith("pid ")
-    time.sleep(1)
     os.killpg(proc.pid, signal.SIGTERM)  # as SLURM's scancel does: the launcher and both ranks
     stdout, stderr = proc.communicate(timeout=120)
     step = runtime.load_checkpoint(str(out / "ckpt.pt"))
